@@ -2,3 +2,7 @@
 
 `from layers import LSTM, MultiHeadAttention, TransformerEncoderBlock`
 """
+
+from layers.learned_positional_embedding import LearnedPositionalEmbedding
+from layers.sinusoidal_encoding import SinusoidalPositionalEncoding
+from layers.token_and_position_embedding import TokenAndPositionEmbedding

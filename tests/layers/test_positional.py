@@ -1,0 +1,175 @@
+"""SinusoidalPositionalEncoding, LearnedPositionalEmbedding, TokenAndPositionEmbedding."""
+import keras
+import numpy as np
+import pytest
+
+from layers.learned_positional_embedding import LearnedPositionalEmbedding
+from layers.sinusoidal_encoding import SinusoidalPositionalEncoding
+from layers.token_and_position_embedding import TokenAndPositionEmbedding
+from tests.layers.testing import run_layer_test
+
+
+def numpy_sinusoid(length, dim, max_wavelength=10000.0, start=0):
+    """Vaswani et al. 3.5, written out: PE[pos, 2i] = sin, PE[pos, 2i+1] = cos."""
+    pe = np.zeros((length, dim))
+    for pos in range(start, start + length):
+        for i in range(0, dim, 2):
+            angle = pos / max_wavelength ** (i / dim)
+            pe[pos - start, i] = np.sin(angle)
+            if i + 1 < dim:
+                pe[pos - start, i + 1] = np.cos(angle)
+    return pe
+
+
+IDS = np.array([[5, 7, 9, 0, 0], [3, 1, 4, 1, 5]], dtype="int32")  # (B=2, T=5)
+
+
+# --- SinusoidalPositionalEncoding -------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [16, 7])
+def test_sinusoidal_equals_numpy_formula(dim):
+    x = np.zeros((2, 50, dim), "float32")
+    out = keras.ops.convert_to_numpy(SinusoidalPositionalEncoding()(x))
+    assert out.shape == (2, 50, dim)
+    np.testing.assert_allclose(out[0], numpy_sinusoid(50, dim), atol=1e-6)
+    np.testing.assert_allclose(out[1], out[0])
+
+
+def test_sinusoidal_start_index_is_a_slice_of_the_full_encoding():
+    layer = SinusoidalPositionalEncoding(max_wavelength=100)
+    full = keras.ops.convert_to_numpy(layer(np.zeros((1, 12, 8), "float32")))
+    step = keras.ops.convert_to_numpy(
+        layer(np.zeros((1, 1, 8), "float32"), start_index=keras.ops.convert_to_tensor(7))
+    )
+    np.testing.assert_allclose(step[0, 0], full[0, 7], atol=1e-6)
+    np.testing.assert_allclose(full[0], numpy_sinusoid(12, 8, 100.0), atol=1e-6)
+
+
+def test_sinusoidal_run_layer_test(tmp_path):
+    run_layer_test(
+        SinusoidalPositionalEncoding,
+        {"max_wavelength": 500},
+        np.random.rand(2, 6, 8).astype("float32"),
+        expected_output_shape=(2, 6, 8),
+        tmp_path=tmp_path,
+    )
+
+
+def test_sinusoidal_rejects_bad_wavelength():
+    with pytest.raises(ValueError, match="max_wavelength must be a positive number; received max_wavelength=0"):
+        SinusoidalPositionalEncoding(max_wavelength=0)
+
+
+# --- LearnedPositionalEmbedding ---------------------------------------------------
+
+
+def test_learned_start_index_slices_the_table():
+    layer = LearnedPositionalEmbedding(sequence_length=10)
+    full = keras.ops.convert_to_numpy(layer(np.zeros((2, 10, 4), "float32")))
+    table = keras.ops.convert_to_numpy(layer.embeddings)
+    np.testing.assert_allclose(full[1], table)
+    step = layer(np.zeros((2, 1, 4), "float32"), start_index=keras.ops.convert_to_tensor(6))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(step)[:, 0], table[[6, 6]])
+
+
+def test_learned_rejects_too_long_inputs():
+    with pytest.raises(ValueError, match="input length=12, sequence_length=10"):
+        LearnedPositionalEmbedding(sequence_length=10)(np.zeros((1, 12, 4), "float32"))
+
+
+def test_learned_run_layer_test(tmp_path):
+    run_layer_test(
+        LearnedPositionalEmbedding,
+        {"sequence_length": 8},
+        np.random.rand(2, 6, 4).astype("float32"),
+        expected_output_shape=(2, 6, 4),
+        tmp_path=tmp_path,
+    )
+
+
+# --- TokenAndPositionEmbedding ----------------------------------------------------
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("merge, width", [("add", 8), ("concat", 16)])
+def test_token_and_position_shapes(positional, merge, width, tmp_path):
+    run_layer_test(
+        TokenAndPositionEmbedding,
+        {
+            "vocabulary_size": 11,
+            "sequence_length": 6,
+            "embedding_dim": 8,
+            "positional": positional,
+            "merge": merge,
+            "scale_embeddings": merge == "add",
+        },
+        IDS,
+        expected_output_shape=(2, 5, width),
+        tmp_path=tmp_path,
+    )
+
+
+def test_token_and_position_values():
+    layer = TokenAndPositionEmbedding(11, 6, 8, positional="sinusoidal", scale_embeddings=True)
+    out = keras.ops.convert_to_numpy(layer(IDS))
+    tokens = keras.ops.convert_to_numpy(layer.token_embedding.embeddings)[IDS]
+    np.testing.assert_allclose(out, tokens * np.sqrt(8) + numpy_sinusoid(5, 8), atol=1e-6)
+
+    concat = TokenAndPositionEmbedding(11, 6, 8, merge="concat")
+    out = keras.ops.convert_to_numpy(concat(IDS))
+    np.testing.assert_allclose(out[..., :8], keras.ops.convert_to_numpy(concat.token_embedding.embeddings)[IDS])
+    np.testing.assert_allclose(out[0, :, 8:], keras.ops.convert_to_numpy(concat.position_embedding.embeddings)[:5])
+
+
+def test_token_and_position_mask_propagates_from_id_zero():
+    expected = IDS != 0
+    layer = TokenAndPositionEmbedding(11, 6, 8)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.compute_mask(IDS)), expected)
+
+    # Eager call: the mask rides on the output and the next layer receives it.
+    class Probe(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.supports_masking = True
+
+        def call(self, x, mask=None):
+            self.seen = mask
+            return x
+
+    probe = Probe()
+    probe(layer(IDS))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(probe.seen), expected)
+
+    # Functional model: the mask reaches a masked average downstream.
+    inputs = keras.Input((5,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(TokenAndPositionEmbedding(11, 6, 8, merge="concat")(inputs))
+    model = keras.Model(inputs, pooled)
+    embed = model.layers[1]
+    full = keras.ops.convert_to_numpy(embed(IDS))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(IDS))[0], full[0, :3].mean(0), atol=1e-6)
+
+    no_mask = TokenAndPositionEmbedding(11, 6, 8, mask_zero=False)
+    assert no_mask.compute_mask(IDS) is None
+
+
+def test_token_and_position_start_index_matches_full_pass():
+    layer = TokenAndPositionEmbedding(11, 6, 8)
+    full = keras.ops.convert_to_numpy(layer(IDS))
+    for t in range(IDS.shape[1]):
+        step = layer(IDS[:, t : t + 1], start_index=keras.ops.convert_to_tensor(t))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(step)[:, 0], full[:, t], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"positional": "rotary"}, "positional must be one of .*received positional='rotary'"),
+        ({"merge": "mul"}, "merge must be one of .*received merge='mul'"),
+        ({"embedding_dim": 0}, "embedding_dim must be a positive int; received embedding_dim=0"),
+    ],
+)
+def test_token_and_position_errors(kwargs, message):
+    args = {"vocabulary_size": 11, "sequence_length": 6, "embedding_dim": 8, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        TokenAndPositionEmbedding(**args)
