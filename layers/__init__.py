@@ -9,3 +9,12 @@ from layers.token_and_position_embedding import TokenAndPositionEmbedding
 from layers.conv_block import ConvBlock
 from layers.patch_embedding import PatchEmbedding
 from layers.unet_blocks import DownBlock, UpBlock
+from layers.masking import causal_mask, masked_softmax, merge_masks, resolve_padding_mask
+from layers.scaled_dot_product_attention import (
+    ScaledDotProductAttention,
+    scaled_dot_product_attention,
+)
+from layers.additive_attention import AdditiveAttention
+from layers.dot_attention import DotAttention
+from layers.multi_head_attention import MultiHeadAttention
+from layers.linear_attention import LinearAttention
