@@ -18,3 +18,5 @@ from layers.additive_attention import AdditiveAttention
 from layers.dot_attention import DotAttention
 from layers.multi_head_attention import MultiHeadAttention
 from layers.linear_attention import LinearAttention
+from layers.transformer_encoder import TransformerEncoderBlock
+from layers.transformer_decoder import TransformerDecoderBlock
