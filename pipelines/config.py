@@ -1,0 +1,225 @@
+"""Typed schemas for the Hydra config tree, and the checks that run before TensorFlow.
+
+Every group option in `conf/` starts from one of these dataclasses (its defaults list names
+`/schema/<group>/<name>`), so a misspelt key or a value of the wrong type fails while Hydra
+composes, for `--cfg job` too. Nothing here imports TensorFlow: `--help`, config printing
+and every config error stay fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A config that composes but cannot run; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------- choices
+class Precision(str, enum.Enum):
+    float32 = "float32"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+class Optimizer(str, enum.Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Schedule(str, enum.Enum):
+    constant = "constant"
+    cosine = "cosine"
+    warmup_cosine = "warmup_cosine"
+
+
+class Strategy(str, enum.Enum):
+    default = "default"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+    tpu = "tpu"
+
+
+class Backend(str, enum.Enum):
+    mlflow = "mlflow"
+    none = "none"
+
+
+class Source(str, enum.Enum):
+    synthetic = "synthetic"
+    files = "files"
+    tfds = "tfds"
+
+
+# ----------------------------------------------------------------------------- groups
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    _target_: str = MISSING  # the Task class
+    models: list[str] = field(default_factory=list)  # the backbones this task accepts
+    monitor: str = "val_loss"
+
+
+@dataclass
+class SentimentTask(TaskConfig):
+    max_length: int = 64
+    vocabulary_size: int = 20000
+    lowercase: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    _target_: str = MISSING  # the backbone factory
+
+
+@dataclass
+class RecurrentModel(ModelConfig):
+    cell: str = "lstm"
+    embedding_dim: int = 128
+    units: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    merge_mode: str = "concat"
+    dropout: float = 0.0
+    attention: str = "additive"
+
+
+@dataclass
+class SyntheticData:
+    _target_: str = "pipelines.data.synthetic.SyntheticSource"
+    source: Source = Source.synthetic
+    seed: int = 42
+    num_train: int = 8000
+    num_validation: int = 1000
+    num_test: int = 1000
+    limit: Optional[int] = None
+
+
+@dataclass
+class FilesData:
+    _target_: str = "pipelines.data.files.FilesSource"
+    source: Source = Source.files
+    seed: int = 42
+    train: str = MISSING
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    validation_fraction: float = 0.1
+    text_column: str = "text"
+    label_column: str = "label"
+    source_lang: str = "en"
+    target_lang: str = "de"
+    tag_scheme: str = "iob2"
+    limit: Optional[int] = None
+
+
+@dataclass
+class TfdsData:
+    _target_: str = "pipelines.data.tfds_source.TfdsSource"
+    source: Source = Source.tfds
+    seed: int = 42
+    name: str = MISSING
+    data_dir: Optional[str] = None
+    train_split: str = "train"
+    validation_split: Optional[str] = None
+    test_split: Optional[str] = "test"
+    validation_fraction: float = 0.1
+    text_key: Optional[str] = None
+    label_key: Optional[str] = None
+    download: bool = True
+    limit: Optional[int] = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    optimizer: Optimizer = Optimizer.adam
+    weight_decay: float = 0.0
+    lr_schedule: Schedule = Schedule.constant
+    warmup_steps: int = 0
+    clip_norm: Optional[float] = 1.0
+    seed: int = 42
+    steps_per_epoch: Optional[int] = None
+    eval_steps: Optional[int] = None
+    precision: Precision = Precision.float32
+    jit_compile: bool = False
+    early_stopping_patience: Optional[int] = 3
+    deterministic: bool = False
+    checkpoint_every_steps: Optional[int] = None
+    max_nan_recoveries: int = 0
+    verbose: bool = True
+
+
+@dataclass
+class DistributeConfig:
+    strategy: Strategy = Strategy.default
+    cpu_devices: Optional[int] = None
+    workers: list[str] = field(default_factory=list)
+    task_index: int = 0
+    tpu: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    backend: Backend = Backend.mlflow
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "pipelines"
+    run_name: Optional[str] = None
+    register_as: Optional[str] = None
+    log_model: bool = True
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    dir: str = "saved_model"
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "task": {"sentiment": SentimentTask},
+    "model": {"recurrent": RecurrentModel},
+    "data": {"synthetic": SyntheticData, "files": FilesData, "tfds": TfdsData},
+    "trainer": {"trainer": TrainerConfig},
+    "distribute": {"distribute": DistributeConfig},
+    "logger": {"logger": LoggerConfig},
+    "export": {"export": ExportConfig},
+}
+
+
+def register_schemas() -> None:
+    """Stores every schema as `schema/<group>/<name>` for the group files' defaults lists."""
+    store = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+# ----------------------------------------------------------------------------- checks
+def check(cfg: DictConfig) -> None:
+    """Raises ConfigError for a config that composed but cannot run (no TF import)."""
+    task, model = cfg.task.name, cfg.model.name
+    if model not in cfg.task.models:
+        raise ConfigError(
+            f"model={model} does not fit task={task}. Valid models for {task}: "
+            f"{', '.join(cfg.task.models)}. Example: python -m pipelines task={task} "
+            f"model={cfg.task.models[0]}"
+        )
+    if cfg.trainer.batch_size < 1:
+        raise ConfigError(f"trainer.batch_size must be >= 1; received {cfg.trainer.batch_size}")
+    if cfg.trainer.epochs < 1:
+        raise ConfigError(f"trainer.epochs must be >= 1; received {cfg.trainer.epochs}")
+    cpu_devices = cfg.distribute.cpu_devices
+    if cpu_devices is not None and cpu_devices < 1:
+        raise ConfigError(f"distribute.cpu_devices must be >= 1; received {cpu_devices}")
+
+
+def schema_fields(node: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(node)]

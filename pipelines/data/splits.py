@@ -1,0 +1,49 @@
+"""The raw splits every source returns: Python lists, before any tensor exists."""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+
+
+@dataclasses.dataclass
+class Splits:
+    """train / validation / test, each a tuple of parallel lists (inputs, targets).
+
+    `test` may be None (evaluate on validation); `validation` is always present: sources
+    hold out part of train when the user gives none.
+    """
+
+    train: tuple[list, list]
+    validation: tuple[list, list]
+    test: tuple[list, list] | None = None
+
+    @property
+    def evaluation(self) -> tuple[list, list]:
+        """The split `metrics.json` reports: test, else validation."""
+        return self.test if self.test is not None else self.validation
+
+    @property
+    def evaluation_name(self) -> str:
+        return "test" if self.test is not None else "validation"
+
+
+def limit_splits(splits: Splits, limit: int | None) -> Splits:
+    """Keeps the first `limit` examples of every split (`data.limit`, debug runs)."""
+    if limit is None:
+        return splits
+    cut = lambda pair: None if pair is None else tuple(list(p[:limit]) for p in pair)  # noqa: E731
+    return Splits(cut(splits.train), cut(splits.validation), cut(splits.test))
+
+
+def hold_out(train: tuple[list, list], fraction: float, seed: int) -> tuple[tuple, tuple]:
+    """Splits `fraction` of train off as validation, shuffled with `seed`."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.validation_fraction must be in (0, 1); received {fraction}")
+    order = list(range(len(train[0])))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(len(order) * fraction))
+    pick = lambda idx: tuple([column[i] for i in idx] for column in train)  # noqa: E731
+    return pick(order[n_val:]), pick(order[:n_val])
+
+

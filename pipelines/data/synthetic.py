@@ -1,0 +1,82 @@
+"""Built-in generated data, so that every command runs offline and deterministically.
+
+`SyntheticSource(seed, num_train, ...)` is what `data=synthetic` instantiates; a task asks it
+for its splits (`source.sentiment()`), and each generator is a pure function of the seed.
+"""
+from __future__ import annotations
+
+import random
+
+from pipelines.data.splits import Splits, limit_splits
+
+# ----------------------------------------------------------------------------- sentiment
+_POSITIVE = ["good", "great", "excellent", "wonderful", "brilliant", "superb", "charming",
+             "delightful", "moving", "clever", "gripping", "beautiful"]
+_NEGATIVE = ["bad", "awful", "terrible", "boring", "dull", "poor", "weak", "horrible",
+             "clumsy", "tedious", "bland", "messy"]
+_NOUNS = ["movie", "film", "plot", "acting", "story", "script", "cast", "ending", "music",
+          "dialogue", "direction", "pacing", "soundtrack", "camera work"]
+_INTENSIFIERS = ["very", "really", "quite", "truly", "rather", "so", "incredibly"]
+_OPENERS = ["", "", "", "honestly ", "i thought ", "to me ", "overall "]
+_CONTRASTS = ["but", "yet", "however"]
+
+
+def _clause(rng: random.Random) -> tuple[str, int]:
+    """'the plot was not very good' -> (text, polarity in {+1, -1})."""
+    positive = rng.random() < 0.5
+    adjective = rng.choice(_POSITIVE if positive else _NEGATIVE)
+    negated = rng.random() < 0.4
+    words = ["the", rng.choice(_NOUNS), rng.choice(["was", "is", "felt", "seemed"])]
+    if negated:
+        words.append("not")
+    if rng.random() < 0.4:
+        words.append(rng.choice(_INTENSIFIERS))
+    words.append(adjective)
+    polarity = (1 if positive else -1) * (-1 if negated else 1)
+    return " ".join(words), polarity
+
+
+def sentiment_example(rng: random.Random) -> tuple[str, str]:
+    """One (text, label) pair whose label needs word order.
+
+    Negation flips the adjective after it, and in a contrast ("A but B", "although A, B")
+    the second clause decides. "the plot was good but the acting was not bad" and "the plot
+    was not good but the acting was bad" hold the same bag of words with opposite labels,
+    so a bag-of-words model cannot reach 100%.
+    """
+    first, first_polarity = _clause(rng)
+    kind = rng.random()
+    if kind < 0.3:
+        text, polarity = first, first_polarity
+    elif kind < 0.65:
+        second, polarity = _clause(rng)
+        text = f"{first} {rng.choice(_CONTRASTS)} {second}"
+    elif kind < 0.85:
+        second, polarity = _clause(rng)
+        text = f"although {first} , {second}"
+    else:
+        # Agreement: both clauses carry the label; 'and' joins two of the same polarity.
+        second, second_polarity = _clause(rng)
+        while second_polarity != first_polarity:
+            second, second_polarity = _clause(rng)
+        text, polarity = f"{first} and {second}", first_polarity
+    text = rng.choice(_OPENERS) + text
+    return text, "positive" if polarity > 0 else "negative"
+
+
+class SyntheticSource:
+    """`data=synthetic`: generated splits for each task, deterministic per seed."""
+
+    def __init__(self, seed: int = 42, num_train: int = 8000, num_validation: int = 1000,
+                 num_test: int = 1000, limit: int | None = None):
+        self.seed = seed
+        self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
+        self.limit = limit
+
+    def sentiment(self) -> Splits:
+        splits = {}
+        for offset, (split, size) in enumerate(self.sizes.items()):
+            rng = random.Random(f"{self.seed}-sentiment-{offset}")
+            texts, labels = zip(*(sentiment_example(rng) for _ in range(size)))
+            splits[split] = (list(texts), list(labels))
+        return limit_splits(Splits(**splits), self.limit)

@@ -1,0 +1,75 @@
+"""The `tf.distribute.Strategy` named by `distribute=`, created before any other TF op."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def split_cpu(n: int) -> None:
+    """Splits the first CPU into `n` logical devices (must run before TF initialises)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * n
+        )
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"distribute.cpu_devices={n}: TensorFlow was initialised before the CPU could be "
+            "split; create the strategy first"
+        ) from error
+
+
+def make_strategy(cfg: DictConfig) -> tf.distribute.Strategy:
+    """default | mirrored | multi_worker | tpu, from the `distribute` config group."""
+    if cfg.cpu_devices:
+        split_cpu(int(cfg.cpu_devices))
+    kind = str(cfg.strategy.value if hasattr(cfg.strategy, "value") else cfg.strategy)
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if kind == "multi_worker":
+        if cfg.workers:
+            os.environ["TF_CONFIG"] = json.dumps({
+                "cluster": {"worker": list(cfg.workers)},
+                "task": {"type": "worker", "index": int(cfg.task_index)},
+            })
+        if "TF_CONFIG" not in os.environ:
+            raise RuntimeError(
+                "distribute=multi_worker needs the cluster: set TF_CONFIG or "
+                "distribute.workers=[host:port,...] distribute.task_index=I"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu="local" if cfg.tpu in (None, "local") else cfg.tpu
+            )
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except Exception as error:  # noqa: BLE001 - every failure means "no TPU here"
+            raise RuntimeError(
+                f"distribute=tpu: no TPU found (distribute.tpu={cfg.tpu}): {error}. Run on a "
+                "TPU VM, or pick distribute=default|mirrored"
+            ) from error
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"distribute.strategy={kind} is not one of default, mirrored, "
+                     "multi_worker, tpu")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Only the chief writes checkpoints, exports and MLflow runs under multi-worker."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+    )

@@ -1,0 +1,62 @@
+"""`python -m pipelines.predict SAVED_MODEL INPUT...`: one JSON object per input.
+
+INPUT is a text, or an image path for models whose signature takes `image_bytes`.
+Only TensorFlow (and tensorflow_text, when installed, for its ops) is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _to_python(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "tolist"):
+        return _to_python(value.tolist())
+    if isinstance(value, list):
+        return [_to_python(v) for v in value]
+    return value
+
+
+def predict(saved_model: str, inputs: list[str]) -> list[dict]:
+    import tensorflow as tf
+
+    try:
+        import tensorflow_text  # noqa: F401 - registers ops some exported tokenizers use
+    except ImportError:
+        pass
+    loaded = tf.saved_model.load(saved_model)
+    serve = loaded.signatures["serving_default"]
+    (input_name,) = serve.structured_input_signature[1].keys()
+    if input_name == "image_bytes":
+        batch = [tf.io.read_file(path) for path in inputs]
+    else:
+        batch = inputs
+    outputs = serve(**{input_name: tf.constant(batch)})
+    outputs = {k: v.numpy() for k, v in outputs.items()}
+    return [
+        {"input": item, **{k: _to_python(v[i]) for k, v in sorted(outputs.items())}}
+        for i, item in enumerate(inputs)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("saved_model", help="the run's saved_model/ directory")
+    parser.add_argument("inputs", nargs="+", help="texts, or image paths")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.saved_model):
+        parser.error(f"{args.saved_model} is not a SavedModel directory")
+    for row in predict(args.saved_model, args.inputs):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

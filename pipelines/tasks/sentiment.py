@@ -1,0 +1,121 @@
+"""`task=sentiment`: many-to-one text classification. Metrics: accuracy, macro_f1."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, f1_score
+
+from pipelines.data import Splits
+from pipelines.tasks.base import Task
+
+
+class Sentiment(Task):
+    """A sentence in, a label out.
+
+    Text is standardised, split and mapped to ids by a `TextVectorization` adapted on the
+    training split; it runs in the tf.data pipeline for training (the model sees static
+    (B, T) int ids, XLA-friendly) and inside the exported graph for serving.
+    """
+
+    name = "sentiment"
+
+    def adapt(self, splits: Splits) -> None:
+        texts, labels = splits.train
+        self.label_names = sorted(set(labels))
+        if len(self.label_names) < 2:
+            raise ValueError(
+                f"the training split has only the label {self.label_names}; need at least 2"
+            )
+        for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
+            unknown = sorted(set(pair[1]) - set(self.label_names)) if pair else []
+            if unknown:
+                raise ValueError(
+                    f"the {split_name} split has labels {unknown[:5]} that never occur in "
+                    f"train (train labels: {self.label_names})"
+                )
+        self.label_index = {name: i for i, name in enumerate(self.label_names)}
+        self.vectorizer = keras.layers.TextVectorization(
+            max_tokens=self.task_cfg.vocabulary_size,
+            standardize="lower_and_strip_punctuation" if self.task_cfg.lowercase
+            else "strip_punctuation",
+            output_sequence_length=self.task_cfg.max_length,
+            name="text_vectorization",
+        )
+        self.vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
+        self.vocabulary_size = self.vectorizer.vocabulary_size()
+
+    def dataset(self, pair, training, batch_size):
+        texts, labels = pair
+        ids = np.array([self.label_index[label] for label in labels], dtype="int32")
+        ds = tf.data.Dataset.from_tensor_slices((texts, ids))
+        if training:
+            ds = ds.shuffle(len(texts), seed=self.seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(batch_size, drop_remainder=training)
+        ds = ds.map(lambda text, y: (self.vectorizer(text), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def build_model(self) -> keras.Model:
+        factory = self.backbone_factory()
+        encoder = factory.text_encoder(self.vocabulary_size, self.task_cfg.max_length)
+        token_ids = keras.Input((self.task_cfg.max_length,), dtype="int32", name="token_ids")
+        x = encoder(token_ids)  # (B, H)
+        x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
+        logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="head")(x)
+        return keras.Model(token_ids, logits, name=f"sentiment_{self.cfg.model.name}")
+
+    def loss(self, y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+    def stats(self, y_true, y_pred):
+        correct = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
+                                   tf.cast(y_true, tf.int32)), tf.float32)
+        return {"accuracy": (tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32))}
+
+    def predict_ids(self, model, texts, batch_size=256) -> np.ndarray:
+        ds = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size).map(self.vectorizer)
+        logits = np.concatenate([model(ids, training=False).numpy() for ids in ds])
+        return logits.argmax(-1)
+
+    def evaluate(self, model, pair, batch_size):
+        texts, labels = pair
+        predicted = self.predict_ids(model, texts, batch_size)
+        truth = np.array([self.label_index[label] for label in labels])
+        self.samples = [
+            {"text": t, "label": l, "predicted": self.label_names[p]}
+            for t, l, p in zip(texts[:20], labels[:20], predicted[:20])
+        ]
+        return {
+            "accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro",
+                                       labels=list(range(len(self.label_names))))),
+        }
+
+    # ------------------------------------------------------------------ serving
+    def _serving_fn(self, model):
+        names = tf.constant(self.label_names)
+        vectorizer = self.vectorizer
+
+        def serve(text):
+            logits = model(vectorizer(text), training=False)  # (B, C)
+            probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+            label = tf.gather(names, tf.argmax(probabilities, axis=-1))
+            return {"label": label, "probabilities": probabilities}
+
+        return serve
+
+    def export(self, model, path):
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.track(self.vectorizer)
+        archive.add_endpoint(
+            "serving_default",
+            self._serving_fn(model),
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        )
+        archive.write_out(path, verbose=False)
+
+    def serve_in_process(self, model, inputs):
+        outputs = self._serving_fn(model)(tf.constant(inputs))
+        return {k: v.numpy() for k, v in outputs.items()}

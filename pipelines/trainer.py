@@ -1,0 +1,232 @@
+"""A training loop that owns its step, after TF Model Garden's Orbit.
+
+Keras 3 `fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585) and has
+similar reports under TPUStrategy, so the step here is a `tf.function` that calls
+`strategy.run` on a distributed dataset: the same code path for one CPU, N GPUs, many
+workers and a TPU. What users like about `fit` stays: a progress bar with loss and metrics,
+per-epoch validation, early stopping, learning-rate schedules, gradient clipping, logs.
+
+Everything else (MLflow, checkpoints, pictures) plugs in as a `Hook`; the loop does not know
+about them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+# loss_fn(y_true, y_pred) -> per-example loss (B,); stats_fn(y_true, y_pred) ->
+# {name: (total, count)} summed over the batch, for monitoring only.
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+StatsFn = Callable[[tf.Tensor, tf.Tensor], dict]
+
+
+class Hook:
+    """Called by the trainer at the edges of training; override what you need."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer", logs: dict) -> None: ...
+
+
+class EarlyStopping(Hook):
+    """Stops when `monitor` has not improved for `patience` epochs; restores the best weights.
+
+    `mode` is "max" for metrics such as accuracy and "min" for losses. The state lives in
+    `trainer.state` so that a resumed run keeps counting where it stopped.
+    """
+
+    def __init__(self, monitor: str, patience: int | None, mode: str = "max"):
+        self.monitor, self.patience, self.mode = monitor, patience, mode
+        self.best_weights = None
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.mode == "max" else value < best
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"early stopping monitors {self.monitor!r}, which this run does not produce; "
+                f"available: {sorted(logs)}"
+            )
+        state = trainer.state
+        if self._better(value, state.get("best")):
+            state.update(best=float(value), best_epoch=epoch, wait=0)
+            self.best_weights = trainer.model.get_weights()
+        else:
+            state["wait"] = state.get("wait", 0) + 1
+            if self.patience is not None and state["wait"] >= self.patience:
+                log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
+                         self.monitor, self.patience, state["best"], state["best_epoch"] + 1)
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer, logs):
+        if self.best_weights is not None:
+            trainer.model.set_weights(self.best_weights)
+            log.info("restored the weights of epoch %d (%s=%.4f)",
+                     trainer.state["best_epoch"] + 1, self.monitor, trainer.state["best"])
+
+
+class Trainer:
+    """Trains a Keras model with a `strategy.run` step.
+
+    Args:
+        model: a built `keras.Model`, created under `strategy.scope()`.
+        optimizer: a Keras optimizer created under the same scope.
+        loss_fn: per-example loss, `(y_true, y_pred) -> (B,)`.
+        stats_fn: monitoring statistics, `(y_true, y_pred) -> {name: (total, count)}`.
+        strategy: the `tf.distribute.Strategy`.
+        global_batch_size: the batch that every step consumes across all replicas.
+        jit_compile: XLA-compile the replica step.
+        hooks: `Hook`s called at epoch ends.
+        verbose: show a progress bar.
+    """
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                 loss_fn: LossFn, stats_fn: StatsFn, strategy: tf.distribute.Strategy,
+                 global_batch_size: int, jit_compile: bool = False,
+                 hooks: Iterable[Hook] = (), verbose: bool = True):
+        self.model, self.optimizer = model, optimizer
+        self.loss_fn, self.stats_fn = loss_fn, stats_fn
+        self.strategy, self.global_batch_size = strategy, global_batch_size
+        self.jit_compile, self.hooks, self.verbose = jit_compile, list(hooks), verbose
+        self.stop_training = False
+        self.state: dict = {"epoch": 0, "history": []}  # saved with checkpoints
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    # ------------------------------------------------------------------ steps
+    def _make_train_step(self):
+        model, optimizer = self.model, self.optimizer
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                per_example = self.loss_fn(y, y_pred)
+                # Sum / GLOBAL batch: gradients summed across replicas give the mean.
+                loss = tf.nn.compute_average_loss(
+                    per_example, global_batch_size=self.global_batch_size
+                )
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                scaled_loss = optimizer.scale_loss(loss) if scaled else loss
+            grads = tape.gradient(scaled_loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            stats = self.stats_fn(y, y_pred)
+            stats["loss"] = _sum_and_count(per_example)
+            return stats
+
+        return self._distributed(replica_step, self.jit_compile)
+
+    def _make_eval_step(self):
+        model = self.model
+
+        def replica_step(x, y):
+            y_pred = model(x, training=False)
+            stats = self.stats_fn(y, y_pred)
+            stats["loss"] = _sum_and_count(self.loss_fn(y, y_pred))
+            return stats
+
+        return self._distributed(replica_step, self.jit_compile)
+
+    def _distributed(self, replica_step, jit_compile):
+        strategy = self.strategy
+        replica_fn = tf.function(replica_step, jit_compile=jit_compile) if jit_compile else replica_step
+
+        @tf.function
+        def step(batch):
+            x, y = batch
+            per_replica = strategy.run(replica_fn, args=(x, y))
+            return {
+                name: tuple(strategy.reduce("SUM", tf.cast(v, tf.float32), axis=None) for v in pair)
+                for name, pair in per_replica.items()
+            }
+
+        return step
+
+    # ------------------------------------------------------------------ loops
+    def fit(self, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset | None, epochs: int,
+            steps_per_epoch: int, eval_steps: int | None = None) -> list[dict]:
+        """Trains from `self.state["epoch"]` to `epochs`; returns the per-epoch history.
+
+        `train_ds` repeats forever; `steps_per_epoch` cuts it into epochs.
+        """
+        iterator = iter(self.strategy.experimental_distribute_dataset(train_ds))
+        for hook in self.hooks:
+            hook.on_train_begin(self)
+        start = self.state["epoch"]
+        if start:
+            log.info("resuming at epoch %d of %d", start + 1, epochs)
+        for epoch in range(start, epochs):
+            if self.stop_training:
+                break
+            began = time.time()
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.verbose else 0,
+                                      stateful_metrics=None)
+            totals: dict = {}
+            for step in range(steps_per_epoch):
+                stats = self._train_step(next(iterator))
+                _accumulate(totals, stats)
+                bar.update(step + 1, values=[(k, v) for k, v in _means(stats).items()])
+            logs = {f"train_{k}": v for k, v in _means(totals).items()}
+            if val_ds is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(val_ds, eval_steps).items()})
+            if not math.isfinite(logs["train_loss"]):
+                raise FloatingPointError(
+                    f"the training loss became {logs['train_loss']} in epoch {epoch + 1}; lower "
+                    "trainer.learning_rate or set trainer.clip_norm"
+                )
+            logs["epoch_seconds"] = time.time() - began
+            logs["learning_rate"] = float(_current_lr(self.optimizer))
+            self.state["history"].append(logs)
+            log.info("epoch %d/%d %s", epoch + 1, epochs,
+                     " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+            self.state["epoch"] = epoch + 1
+            for hook in self.hooks:
+                hook.on_epoch_end(self, epoch, logs)
+        final = self.state["history"][-1] if self.state["history"] else {}
+        for hook in self.hooks:
+            hook.on_train_end(self, final)
+        return self.state["history"]
+
+    def evaluate(self, dataset: tf.data.Dataset, steps: int | None = None) -> dict:
+        """Mean loss and monitoring statistics over `dataset` (or its first `steps` batches)."""
+        if steps is not None:
+            dataset = dataset.take(steps)
+        totals: dict = {}
+        for batch in self.strategy.experimental_distribute_dataset(dataset):
+            _accumulate(totals, self._eval_step(batch))
+        return _means(totals)
+
+
+def _sum_and_count(per_example: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    per_example = tf.cast(per_example, tf.float32)
+    return tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32)
+
+
+def _accumulate(totals: dict, stats: dict) -> None:
+    for name, (total, count) in stats.items():
+        t, c = totals.get(name, (0.0, 0.0))
+        totals[name] = (t + float(total), c + float(count))
+
+
+def _means(totals: dict) -> dict:
+    return {name: float(total) / max(float(count), 1e-12) for name, (total, count) in totals.items()}
+
+
+def _current_lr(optimizer) -> float:
+    lr = optimizer.learning_rate
+    return np.asarray(keras.ops.convert_to_numpy(lr)).item()
