@@ -148,7 +148,7 @@ LAYER_TESTS = {
     "linear": (LinearAttention, {"num_heads": 2, "key_dim": 4}, {}),
     "linear_causal": (
         LinearAttention,
-        {"num_heads": 2, "key_dim": 4, "value_dim": 3, "causal": True},
+        {"num_heads": 2, "key_dim": 4, "value_dim": 3, "causal": True, "chunk_size": 2},
         {},
     ),
 }

@@ -44,8 +44,11 @@ def test_non_causal_equals_quadratic_form_with_padding():
     np.testing.assert_allclose(out, _quadratic(layer, query, value, PADDING, False), atol=1e-5)
 
 
-def test_causal_equals_quadratic_form_with_padding():
-    layer = LinearAttention(num_heads=2, key_dim=4, causal=True, bias_initializer="random_normal")
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 64])  # ragged, exact and single chunks
+def test_causal_equals_quadratic_form_with_padding(chunk_size):
+    layer = LinearAttention(
+        num_heads=2, key_dim=4, causal=True, chunk_size=chunk_size, bias_initializer="random_normal"
+    )
     x = _normal((2, 8, 6), 0)
     out = _np(layer(x, x, padding_mask=PADDING))
     np.testing.assert_allclose(out, _quadratic(layer, x, x, PADDING, True), atol=1e-5)
