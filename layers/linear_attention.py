@@ -94,12 +94,6 @@ class LinearAttention(keras.layers.Layer):
 
     def build(self, query_shape, value_shape, key_shape=None):
         key_shape = value_shape if key_shape is None else key_shape
-        if self.causal and None not in (query_shape[1], key_shape[1]):
-            if query_shape[1] != key_shape[1]:
-                raise ValueError(
-                    "causal=True needs as many queries as keys; received query length "
-                    f"{query_shape[1]}, key length {key_shape[1]}"
-                )
         (
             self.query_dense,
             self.key_dense,
@@ -116,6 +110,13 @@ class LinearAttention(keras.layers.Layer):
 
     def call(self, query, value, key=None, padding_mask=None, training=None):
         key = value if key is None else key
+        if self.causal and None not in (query.shape[1], key.shape[1]) and (
+            query.shape[1] != key.shape[1]
+        ):
+            raise ValueError(
+                "causal=True needs as many queries as keys; received query length "
+                f"{query.shape[1]}, key length {key.shape[1]}"
+            )
         keys_valid = resolve_padding_mask(value, padding_mask, key.shape[1])  # (B, S)
         q = elu_feature_map(ops.cast(self.query_dense(query), "float32"))  # (B, T, H, K)
         k = elu_feature_map(ops.cast(self.key_dense(key), "float32"))  # (B, S, H, K)
@@ -166,17 +167,17 @@ def causal_linear_sums(q, k, v, chunk_size):
     Returns:
         numerator `(B, T, H, V)`, normaliser `(B, T, H)`.
     """
-    length, heads, key_dim = q.shape[1], q.shape[2], q.shape[3]
+    # Python ints where static (XLA needs them), tensors where T is unknown.
+    batch, length, heads, key_dim = ops.shape(q)
     value_dim = v.shape[3]
-    chunk = min(chunk_size, length)
-    padded = -(-length // chunk) * chunk
-    if padded != length:  # zero keys add nothing; padded queries are dropped below
-        pad = [[0, 0], [0, padded - length], [0, 0], [0, 0]]
+    chunk = min(chunk_size, length) if isinstance(length, int) else chunk_size
+    extra = (-length) % chunk
+    if not isinstance(extra, int) or extra:  # zero keys add nothing; extra queries are dropped
+        pad = [[0, 0], [0, extra], [0, 0], [0, 0]]
         q, k, v = ops.pad(q, pad), ops.pad(k, pad), ops.pad(v, pad)
-    chunks = padded // chunk
-    q = ops.reshape(q, (-1, chunks, chunk, heads, key_dim))  # (B, N, C, H, K)
-    k = ops.reshape(k, (-1, chunks, chunk, heads, key_dim))  # (B, N, C, H, K)
-    v = ops.reshape(v, (-1, chunks, chunk, heads, value_dim))  # (B, N, C, H, V)
+    q = ops.reshape(q, (batch, -1, chunk, heads, key_dim))  # (B, N, C, H, K)
+    k = ops.reshape(k, (batch, -1, chunk, heads, key_dim))  # (B, N, C, H, K)
+    v = ops.reshape(v, (batch, -1, chunk, heads, value_dim))  # (B, N, C, H, V)
 
     # Within a chunk: explicit similarities, query c sees keys d <= c.
     lower = ops.cast(ops.tril(ops.ones((chunk, chunk))), "float32")
@@ -191,8 +192,8 @@ def causal_linear_sums(q, k, v, chunk_size):
     normaliser = ops.einsum("bnhcd->bnch", within) + ops.einsum(
         "bnchk,bnhk->bnch", q, key_sum
     )  # (B, N, C, H)
-    numerator = ops.reshape(numerator, (-1, padded, heads, value_dim))[:, :length]
-    normaliser = ops.reshape(normaliser, (-1, padded, heads))[:, :length]
+    numerator = ops.reshape(numerator, (batch, -1, heads, value_dim))[:, :length]
+    normaliser = ops.reshape(normaliser, (batch, -1, heads))[:, :length]
     return numerator, normaliser  # (B, T, H, V), (B, T, H)
 
 

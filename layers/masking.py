@@ -57,13 +57,13 @@ def causal_mask(query_length, key_length, offset=0):
 def resolve_padding_mask(inputs, padding_mask=None, length=None, name="padding_mask"):
     """Merges an explicit `(B, S)` padding mask with the implicit Keras mask of `inputs`.
 
-    The explicit mask wins. The implicit mask is used only when its length equals
-    `length` (when given): with a cache the keys span the cache, not `inputs`.
+    The explicit mask wins. The implicit mask is skipped when its static length
+    differs from `length`: with a cache the keys span the cache, not `inputs`.
 
     Args:
         inputs: `(B, S, ...)` tensor whose implicit Keras mask marks valid positions.
         padding_mask: optional `(B, S)` boolean or 0/1 tensor, True for valid positions.
-        length: optional static int S that the mask must cover.
+        length: optional int S that the mask must cover (checked when static).
         name: the argument name used in error messages.
 
     Returns:
@@ -71,21 +71,28 @@ def resolve_padding_mask(inputs, padding_mask=None, length=None, name="padding_m
     """
     if padding_mask is None:
         implicit = get_keras_mask(inputs)
-        if implicit is None or (length is not None and implicit.shape[-1] != length):
+        if implicit is None or not _may_equal(implicit.shape[-1], length):
             return None
         return ops.cast(implicit, "bool")
+    padding_mask = ops.convert_to_tensor(padding_mask)
     if len(padding_mask.shape) != 2:
         raise ValueError(
             f"{name} must be a (B, S) mask of rank 2; received {name} with shape "
             f"{tuple(padding_mask.shape)}"
         )
-    size = padding_mask.shape[-1]
-    if length is not None and size is not None and size != length:
+    if not _may_equal(padding_mask.shape[-1], length):
         raise ValueError(
             f"{name} must have length {length} in its last axis; received {name} "
             f"with shape {tuple(padding_mask.shape)}"
         )
     return ops.cast(padding_mask, "bool")
+
+
+def _may_equal(size, length):
+    """False only when both lengths are static ints and differ."""
+    if isinstance(size, int) and isinstance(length, int):
+        return size == length
+    return True
 
 
 def merge_masks(
@@ -131,8 +138,9 @@ def merge_masks(
     >>> mask = merge_masks(x, padding_mask=tokens != 0, use_causal_mask=True)
     """
     value = query if value is None else value
-    query_length = query.shape[1]
-    key_length = value.shape[1] if key_length is None else key_length
+    # ops.shape gives Python ints where static (XLA) and tensors where not (T=None).
+    query_length = ops.shape(query)[1]
+    key_length = ops.shape(value)[1] if key_length is None else key_length
 
     mask = None  # broadcastable to (B, T, S)
 
@@ -143,6 +151,7 @@ def merge_masks(
     if keys is not None:
         mask = keys[:, None, :]  # (B, 1, S)
     if attention_mask is not None:
+        attention_mask = ops.convert_to_tensor(attention_mask)
         if len(attention_mask.shape) != 3:
             raise ValueError(
                 "attention_mask must be a (B, T, S) mask of rank 3; received "

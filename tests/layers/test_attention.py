@@ -119,6 +119,20 @@ def test_output_carries_the_query_mask(name):
     np.testing.assert_array_equal(_np(mask), tokens != 0)
 
 
+@pytest.mark.parametrize("name", LAYERS)
+def test_functional_model_with_unknown_length_equals_eager_call(name):
+    layer, kwargs = _make(name, causal=True)
+    if name == "linear":  # chunks of 2 over 5 positions: the ragged last chunk
+        layer = LinearAttention(num_heads=2, key_dim=4, causal=True, chunk_size=2)
+    embedding = keras.layers.Embedding(10, DIM, mask_zero=True)
+    tokens = keras.Input((None,), dtype="int32")
+    x = embedding(tokens)
+    model = keras.Model(tokens, layer(x, x, **kwargs))
+    ids = np.array([[4, 2, 7, 1, 3], [3, 5, 2, 0, 0]])
+    x = embedding(ids)
+    np.testing.assert_allclose(_np(model(ids)), _np(layer(x, x, **kwargs)), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["additive", "dot"])
 def test_additive_and_dot_zero_outputs_at_masked_queries(name):
     layer, _ = _make(name)
