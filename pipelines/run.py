@@ -5,6 +5,7 @@ Everything the run writes goes under its run directory (`hydra.run.dir`): `metri
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -85,11 +86,26 @@ class CheckpointHook(Hook):
         tmp.replace(self.state_file)
 
 
+@dataclasses.dataclass
+class RunResult:
+    metrics: dict  # the final metrics, as in metrics.json
+    task: object   # the adapted Task (tokenizers, label names)
+    model: keras.Model
+    run_dir: pathlib.Path
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     """Trains and evaluates the configured task; returns the final metrics.
 
     The returned dict also holds `objective`: the task's first metric, for sweeps.
     """
+    metrics = execute(cfg, run_dir).metrics
+    print(json.dumps(metrics))
+    return {**metrics, "objective": next(iter(metrics.values()))}
+
+
+def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunResult:
+    """The whole path; `run_dir` defaults to Hydra's output directory."""
     began = time.time()
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     run_dir = pathlib.Path(run_dir or hydra_cfg.runtime.output_dir)
@@ -164,5 +180,4 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     except BaseException:
         tracker.finish("FAILED")
         raise
-    print(json.dumps(metrics))
-    return {**metrics, "objective": next(iter(metrics.values()))}
+    return RunResult(metrics, task, model, run_dir)

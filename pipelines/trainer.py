@@ -144,14 +144,19 @@ class Trainer:
 
     def _distributed(self, replica_step, jit_compile):
         strategy = self.strategy
-        replica_fn = tf.function(replica_step, jit_compile=jit_compile) if jit_compile else replica_step
+
+        def float_step(x, y):
+            stats = replica_step(x, y)
+            return {name: tuple(tf.cast(v, tf.float32) for v in pair) for name, pair in stats.items()}
+
+        replica_fn = tf.function(float_step, jit_compile=True) if jit_compile else float_step
 
         @tf.function
         def step(batch):
             x, y = batch
             per_replica = strategy.run(replica_fn, args=(x, y))
             return {
-                name: tuple(strategy.reduce("SUM", tf.cast(v, tf.float32), axis=None) for v in pair)
+                name: tuple(strategy.reduce("SUM", v, axis=None) for v in pair)
                 for name, pair in per_replica.items()
             }
 

@@ -75,7 +75,8 @@ class Sentiment(Task):
 
     def predict_ids(self, model, texts, batch_size=256) -> np.ndarray:
         ds = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size).map(self.vectorizer)
-        logits = np.concatenate([model(ids, training=False).numpy() for ids in ds])
+        forward = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
+        logits = np.concatenate([forward(ids).numpy() for ids in ds])
         return logits.argmax(-1)
 
     def evaluate(self, model, pair, batch_size):
