@@ -96,9 +96,9 @@ class SyntheticData:
     _target_: str = "pipelines.data.synthetic.SyntheticSource"
     source: Source = Source.synthetic
     seed: int = 42
-    num_train: int = 8000
-    num_validation: int = 1000
-    num_test: int = 1000
+    num_train: Optional[int] = None  # None: the task's default size
+    num_validation: Optional[int] = None
+    num_test: Optional[int] = None
     limit: Optional[int] = None
 
 
@@ -132,6 +132,8 @@ class TfdsData:
     validation_fraction: float = 0.1
     text_key: Optional[str] = None
     label_key: Optional[str] = None
+    source_lang: Optional[str] = None  # translation: feature names of the two languages
+    target_lang: Optional[str] = None
     download: bool = True
     limit: Optional[int] = None
 

@@ -67,15 +67,22 @@ def sentiment_example(rng: random.Random) -> tuple[str, str]:
 class SyntheticSource:
     """`data=synthetic`: generated splits for each task, deterministic per seed."""
 
-    def __init__(self, seed: int = 42, num_train: int = 8000, num_validation: int = 1000,
-                 num_test: int = 1000, limit: int | None = None):
+    def __init__(self, seed: int = 42, num_train: int | None = None,
+                 num_validation: int | None = None, num_test: int | None = None,
+                 limit: int | None = None):
         self.seed = seed
         self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
         self.limit = limit
 
+    def _sizes(self, train: int, validation: int, test: int) -> dict[str, int]:
+        """The configured split sizes, the task's defaults where they are None."""
+        defaults = {"train": train, "validation": validation, "test": test}
+        return {split: size if size is not None else defaults[split]
+                for split, size in self.sizes.items()}
+
     def sentiment(self) -> Splits:
         splits = {}
-        for offset, (split, size) in enumerate(self.sizes.items()):
+        for offset, (split, size) in enumerate(self._sizes(8000, 1000, 1000).items()):
             rng = random.Random(f"{self.seed}-sentiment-{offset}")
             texts, labels = zip(*(sentiment_example(rng) for _ in range(size)))
             splits[split] = (list(texts), list(labels))

@@ -12,13 +12,15 @@ class TfdsSource:
     def __init__(self, name: str, data_dir: str | None = None, train_split: str = "train",
                  validation_split: str | None = None, test_split: str | None = "test",
                  validation_fraction: float = 0.1, text_key: str | None = None,
-                 label_key: str | None = None, download: bool = True, limit: int | None = None,
-                 seed: int = 42):
+                 label_key: str | None = None, source_lang: str | None = None,
+                 target_lang: str | None = None, download: bool = True,
+                 limit: int | None = None, seed: int = 42):
         self.name, self.data_dir, self.download = name, data_dir, download
         self.split_names = {"train": train_split, "validation": validation_split,
                             "test": test_split}
         self.validation_fraction = validation_fraction
         self.text_key, self.label_key = text_key, label_key
+        self.source_lang, self.target_lang = source_lang, target_lang
         self.limit, self.seed = limit, seed
 
     def _load(self):
