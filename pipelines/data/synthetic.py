@@ -1,13 +1,17 @@
 """Built-in generated data, so that every command runs offline and deterministically.
 
 `SyntheticSource(seed, num_train, ...)` is what `data=synthetic` instantiates; a task asks it
-for its splits (`source.sentiment()`), and each generator is a pure function of the seed.
+for its splits (`source.sentiment()`, `source.translation()`, `source.ner()`), and each
+generator is a pure function of the seed. The translation and NER generators live in
+`synthetic_translation.py` and `synthetic_ner.py`.
 """
 from __future__ import annotations
 
 import random
 
 from pipelines.data.splits import Splits, limit_splits
+from pipelines.data.synthetic_ner import ner_example
+from pipelines.data.synthetic_translation import translation_example
 
 # ----------------------------------------------------------------------------- sentiment
 _POSITIVE = ["good", "great", "excellent", "wonderful", "brilliant", "superb", "charming",
@@ -80,10 +84,35 @@ class SyntheticSource:
         return {split: size if size is not None else defaults[split]
                 for split, size in self.sizes.items()}
 
-    def sentiment(self) -> Splits:
+    def _generate(self, task: str, example, sizes: dict[str, int]) -> Splits:
+        """Draws each split from its own generator, `random.Random(f"{seed}-{task}-{index}")`."""
         splits = {}
-        for offset, (split, size) in enumerate(self._sizes(8000, 1000, 1000).items()):
-            rng = random.Random(f"{self.seed}-sentiment-{offset}")
-            texts, labels = zip(*(sentiment_example(rng) for _ in range(size)))
-            splits[split] = (list(texts), list(labels))
+        for offset, (split, size) in enumerate(sizes.items()):
+            rng = random.Random(f"{self.seed}-{task}-{offset}")
+            pairs = [example(rng) for _ in range(size)]
+            splits[split] = ([inputs for inputs, _ in pairs], [targets for _, targets in pairs])
         return limit_splits(Splits(**splits), self.limit)
+
+    def sentiment(self) -> Splits:
+        """texts (str) -> labels ("positive"/"negative"); 8000 / 1000 / 1000 by default."""
+        return self._generate("sentiment", sentiment_example, self._sizes(8000, 1000, 1000))
+
+    def translation(self) -> Splits:
+        """source sentences (str) -> target sentences (str) of a made-up language related by
+        vocabulary, reordering, agreement and tense rules (`synthetic_translation`);
+        20000 / 1000 / 1000 by default.
+
+        Example: "the old teacher found two red boxes near my house" ->
+        "zape ratatam balepe buke sudumet vak sarip vapiten fedepos nikezake ta".
+        """
+        return self._generate("translation", translation_example,
+                              self._sizes(20000, 1000, 1000))
+
+    def ner(self) -> Splits:
+        """token lists -> IOB2 tag lists (PER, LOC, ORG, MISC) where context decides the tag
+        (`synthetic_ner`); 8000 / 1000 / 1000 by default.
+
+        Example: president washington arrived in new york on friday .
+                 O         B-PER      O       O  B-LOC I-LOC O O     O
+        """
+        return self._generate("ner", ner_example, self._sizes(8000, 1000, 1000))
