@@ -6,6 +6,7 @@ naming the file, the line and what was expected.
 from __future__ import annotations
 
 import csv
+import gzip
 import pathlib
 
 from pipelines.data.splits import Splits, hold_out, limit_splits
@@ -53,6 +54,27 @@ def _lines(handle, path):
         raise DataFileError(f"{path}: not UTF-8 text ({error})") from None
 
 
+def read_lines(path: pathlib.Path):
+    """Yields (line number, text without the line break) of a UTF-8 file, `.gz` too.
+
+    Lines break at \n only (a stray \r inside a sentence does not shift the alignment),
+    a UTF-8 byte-order mark on line 1 is dropped, and a decoding error names the line.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataFileError(f"{path}:{number}: not UTF-8 text ({error})") from None
+                if number == 1:
+                    text = text.removeprefix("\ufeff")
+                yield number, text.rstrip("\r\n")
+    except (OSError, EOFError) as error:  # unreadable, or a broken .gz
+        raise DataFileError(f"{path}: cannot read it ({error})") from None
+
+
 def _read_table(path, delimiter, text_column, label_column):
     texts, labels = [], []
     with open(path, encoding="utf-8", newline="") as handle:
@@ -77,6 +99,69 @@ def _read_table(path, delimiter, text_column, label_column):
     return texts, labels
 
 
+# ----------------------------------------------------------------------------- translation
+def _is_tsv(path: str) -> bool:
+    return path.lower().endswith((".tsv", ".tsv.gz"))
+
+
+def read_parallel_tsv(path: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Reads (sources, targets) from `source<TAB>target` lines (columns after two ignored)."""
+    sources, targets = [], []
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) < 2 or not columns[0].strip() or not columns[1].strip():
+            raise DataFileError(
+                f"{path}:{number}: expected 'SOURCE<TAB>TARGET' (two non-empty tab-separated "
+                f"columns); got {line[:80]!r}"
+            )
+        sources.append(columns[0].strip())
+        targets.append(columns[1].strip())
+    if not sources:
+        raise DataFileError(f"{path}: no examples found (expected lines 'SOURCE<TAB>TARGET')")
+    return sources, targets
+
+
+def read_parallel(source_path: pathlib.Path,
+                  target_path: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Reads two line-aligned files: line i of one translates line i of the other.
+
+    Lines empty on both sides are skipped; an empty line on one side only is an error.
+    """
+    sides = [[line for _, line in read_lines(path)] for path in (source_path, target_path)]
+    if len(sides[0]) != len(sides[1]):
+        raise DataFileError(
+            f"{source_path} has {len(sides[0])} lines but {target_path} has {len(sides[1])}; "
+            "the two files must be line-aligned (line i of one translates line i of the other)"
+        )
+    sources, targets = [], []
+    for number, (source, target) in enumerate(zip(*sides), start=1):
+        source, target = source.strip(), target.strip()
+        if not source and not target:
+            continue
+        if not source or not target:
+            empty, other = ((source_path, target_path) if not source
+                            else (target_path, source_path))
+            raise DataFileError(
+                f"{empty}:{number}: empty line, but line {number} of {other} is not; expected "
+                "one sentence per line on both sides"
+            )
+        sources.append(source)
+        targets.append(target)
+    if not sources:
+        raise DataFileError(f"{source_path}, {target_path}: no sentences found")
+    return sources, targets
+
+
+def _language_file(prefix: str, language: str) -> pathlib.Path | None:
+    for candidate in (f"{prefix}.{language}", f"{prefix}.{language}.gz"):
+        path = pathlib.Path(candidate).expanduser()
+        if path.is_file():
+            return path
+    return None
+
+
 class FilesSource:
     """`data=files`: reads train / validation / test paths with the task's reader."""
 
@@ -91,9 +176,11 @@ class FilesSource:
         self.limit = limit
         self.seed = seed
 
-    def _splits(self, read) -> Splits:
+    def _splits(self, read, resolve=_existing) -> Splits:
+        """Reads every configured split with `read(resolve(path, key))`, then holds out
+        validation from train when none is given."""
         loaded = {
-            split: read(_existing(path, f"data.{split}"))
+            split: read(resolve(path, f"data.{split}"))
             for split, path in self.paths.items()
             if path is not None
         }
@@ -107,3 +194,42 @@ class FilesSource:
         return self._splits(
             lambda path: read_text_classification(path, self.text_column, self.label_column)
         )
+
+    def translation(self) -> Splits:
+        """source sentences (str) -> target sentences (str).
+
+        Each path is a PREFIX naming `PREFIX.<source_lang>` and `PREFIX.<target_lang>` (or
+        their `.gz`), line-aligned; or a `.tsv` of `source<TAB>target` lines.
+        """
+        languages = (self.source_lang, self.target_lang)
+
+        def resolve(path: str, key: str):
+            if _is_tsv(path):
+                return _existing(path, key)
+            found = [_language_file(path, language) for language in languages]
+            if None in found:
+                missing = [f"{path}.{language}[.gz]"
+                           for language, file in zip(languages, found) if file is None]
+                raise DataFileError(
+                    f"{key}={path}: no such file {' or '.join(missing)}. For translation "
+                    f"{key} is a PREFIX naming PREFIX.{languages[0]} and PREFIX.{languages[1]} "
+                    "(data.source_lang, data.target_lang; .gz allowed), or a .tsv file with "
+                    "SOURCE<TAB>TARGET lines"
+                )
+            return tuple(found)
+
+        def read(resolved):
+            if isinstance(resolved, tuple):
+                return read_parallel(*resolved)
+            return read_parallel_tsv(resolved)
+
+        return self._splits(read, resolve)
+
+    def ner(self) -> Splits:
+        """token lists -> IOB2 tag lists, from CoNLL column files (`data.tag_scheme`)."""
+        from pipelines.data.conll import TAG_SCHEMES, read_conll
+
+        if self.tag_scheme not in TAG_SCHEMES:
+            raise DataFileError(f"data.tag_scheme must be one of {', '.join(TAG_SCHEMES)}; "
+                                f"received {self.tag_scheme!r}")
+        return self._splits(lambda path: read_conll(path, self.tag_scheme))
