@@ -77,6 +77,6 @@ def read_conll(path: pathlib.Path,
         tags.append(tag)
     close()
     if not sentences:
-        raise DataFileError(f"{path}: no sentences found (expected CoNLL lines 'TOKEN ... TAG' with "
-                    "blank lines between sentences)")
+        raise DataFileError(f"{path}: no sentences found (expected CoNLL lines "
+                            "'TOKEN ... TAG' with blank lines between sentences)")
     return sentences, all_tags

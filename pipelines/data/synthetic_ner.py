@@ -30,7 +30,8 @@ _LAST = "smith brown miller wilson taylor davis clark lewis walker cooper evans 
 _LAST_AMBIGUOUS = "washington jackson ford lincoln morgan jordan houston".split()
 _TITLES = ["mr", "mrs", "dr"]
 _CITIES = "london berlin tokyo rome madrid cairo nairobi moscow boston chicago".split()
-_CITIES_AMBIGUOUS = "paris washington jackson lincoln houston sydney florence austin victoria".split()
+_CITIES_AMBIGUOUS = ("paris washington jackson lincoln houston sydney florence austin "
+                     "victoria").split()
 _COUNTRIES = "france germany spain egypt kenya brazil china japan italy".split()
 _COUNTRIES_AMBIGUOUS = "jordan georgia turkey".split()
 _PLACES_MULTI = ["new york", "los angeles", "hong kong", "south africa", "new zealand",

@@ -140,6 +140,7 @@ for _numeral in _NUMBERS:
     _SURFACE[_numeral] = ("num", _numeral, "pl")
 
 SOURCE_VOCABULARY = sorted(_SURFACE)
+_NOUN_LEMMAS, _VERB_LEMMAS = list(NOUNS), list(VERBS)
 
 
 def _target_noun_phrase(phrase: list[tuple[str, str, str]]) -> tuple[list[str], str, str]:
@@ -201,7 +202,7 @@ def translate(source: str) -> str:
 
 # ----------------------------------------------------------------------------- generator
 def _noun_phrase(rng: random.Random) -> list[str]:
-    noun = rng.choice(list(NOUNS))
+    noun = rng.choice(_NOUN_LEMMAS)
     number = "sg" if rng.random() < 0.55 else "pl"
     words = []
     if number == "sg":
@@ -225,7 +226,7 @@ def translation_example(rng: random.Random) -> tuple[str, str]:
     """One (source, target) pair, 4 to 20 words on each side."""
     while True:
         subject = _noun_phrase(rng)
-        base, third, past = VERBS[rng.choice(list(VERBS))]
+        base, third, past = VERBS[rng.choice(_VERB_LEMMAS)]
         if rng.random() < 0.5:
             verb = past
         else:

@@ -1,9 +1,13 @@
 """`data=tfds data.name=NAME`: TensorFlow Datasets by name (downloads on first use)."""
 from __future__ import annotations
 
+import re
+
 from pipelines.data.splits import Splits, hold_out, limit_splits
 
 _TEXT_KEYS = ("text", "sentence", "review", "content", "document")
+# The language pair in a config name: pt_to_en, de-en, en2de.
+_LANGUAGE_PAIR = re.compile(r"([a-z]{2,3})(?:_to_|-|2)([a-z]{2,3})")
 
 
 class TfdsSource:
@@ -69,3 +73,88 @@ class TfdsSource:
                 splits["train"], self.validation_fraction, self.seed
             )
         return limit_splits(Splits(**splits), self.limit)
+
+    def _finish(self, splits: dict) -> Splits:
+        """Holds out validation from train when no validation split is named; applies limit."""
+        if "validation" not in splits:
+            splits["train"], splits["validation"] = hold_out(
+                splits["train"], self.validation_fraction, self.seed
+            )
+        return limit_splits(Splits(**splits), self.limit)
+
+    def _languages(self, features) -> tuple[str, str]:
+        """(source, target) feature names: data.source_lang/target_lang, else from the config
+        name (`ted_hrlr_translate/pt_to_en` -> pt, en; `wmt14_translate/de-en` -> de, en)."""
+        source, target = self.source_lang, self.target_lang
+        names = list(features)
+        config = self.name.split(":")[0].split("/", 1)[1] if "/" in self.name else ""
+        match = _LANGUAGE_PAIR.fullmatch(config)
+        pair = list(match.groups()) if match else names if len(names) == 2 else None
+        if source is None and target is None and match:
+            source, target = pair
+        elif (source is None) != (target is None) and pair:
+            # One given: the other is the rest of the pair (data.source_lang=en on pt_to_en).
+            given = source or target
+            other = next((name for name in pair if name != given), None)
+            source, target = (given, other) if source else (other, given)
+        if source is None or target is None or source not in names or target not in names:
+            raise RuntimeError(
+                f"data.name={self.name}: cannot tell the source and target language features "
+                f"among {names} (got source_lang={source}, target_lang={target}); set "
+                "data.source_lang=... data.target_lang=..."
+            )
+        return source, target
+
+    def translation(self) -> Splits:
+        """source sentences (str) -> target sentences (str), e.g.
+        `ted_hrlr_translate/pt_to_en` (pt -> en) or `wmt14_translate/de-en` (de -> en).
+
+        Everything is read into Python lists: slice big corpora with TFDS split syntax
+        (`data.train_split=train[:10%]`).
+        """
+        import tensorflow_datasets as tfds
+
+        info, datasets = self._load()
+        source, target = self._languages(info.features)
+        splits = {}
+        for split, dataset in datasets.items():
+            sources, targets = [], []
+            for example in tfds.as_numpy(dataset):
+                sources.append(example[source].decode("utf-8"))
+                targets.append(example[target].decode("utf-8"))
+            splits[split] = (sources, targets)
+        return self._finish(splits)
+
+    def ner(self) -> Splits:
+        """token lists -> IOB2 tag lists, e.g. `conll2003` (features `tokens` and `ner`, a
+        Sequence of ClassLabel; data.text_key / data.label_key name others)."""
+        import tensorflow_datasets as tfds
+
+        from pipelines.data.conll import iob1_to_iob2
+
+        info, datasets = self._load()
+        features = info.features
+        token_key, tag_key = self.text_key or "tokens", self.label_key or "ner"
+        if token_key not in features or tag_key not in features:
+            raise RuntimeError(
+                f"data.name={self.name}: no token feature {token_key!r} or tag feature "
+                f"{tag_key!r} among {list(features)}; set data.text_key=... data.label_key=..."
+            )
+        names = getattr(getattr(features[tag_key], "feature", None), "names", None)
+        splits = {}
+        for split, dataset in datasets.items():
+            sentences, all_tags = [], []
+            for index, example in enumerate(tfds.as_numpy(dataset)):
+                tokens = [token.decode("utf-8") for token in example[token_key]]
+                tags = [names[int(tag)] if names else tag.decode("utf-8")
+                        for tag in example[tag_key]]
+                if len(tokens) != len(tags):
+                    raise RuntimeError(
+                        f"data.name={self.name}: example {index} of split {split!r} has "
+                        f"{len(tokens)} tokens but {len(tags)} tags"
+                    )
+                sentences.append(tokens)
+                # Identity on valid IOB2; repairs IOB1-style I- starts.
+                all_tags.append(iob1_to_iob2(tags))
+            splits[split] = (sentences, all_tags)
+        return self._finish(splits)
