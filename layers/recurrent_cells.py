@@ -4,9 +4,10 @@ Each cell splits one time step into two parts so that a sequence wrapper
 (`layers.rnn.RNN`) can be fast:
 
 - `input_projection(inputs, dropout_mask=None)`: `x W + b` for every gate at
-  once. It takes `(B, D)` or a time-major `(T, B, D)`, so the wrapper projects
-  the whole sequence with one large matmul before the loop; the `(B, D)`
-  dropout mask broadcasts over T, which makes it the same at every step.
+  once (one fused matmul). It takes `(B, D)` or a time-major `(T, B, D)`, so
+  the wrapper can project the whole sequence with one large matmul before the
+  loop; the `(B, D)` dropout mask broadcasts over T, so it is the same at
+  every step.
 - `step(projected, states, recurrent_dropout_mask=None)`: the recurrent part of
   one step, given the projected input of that step.
 
@@ -28,6 +29,22 @@ def _check_units(units):
 def _check_rate(name, value):
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a float in [0, 1); received {name}={value!r}")
+
+
+def _project(inputs, kernel, bias=None):
+    """`inputs @ kernel + bias` over the last axis: ([T,] B, D) -> ([T,] B, G).
+
+    A sequence is flattened to one (T*B, D) @ (D, G) matmul: a rank-3 matmul
+    would be a batch matmul that broadcasts the kernel, and its gradient would
+    sum T outer products (and the bias gradient would reduce over two axes).
+    """
+    flat = inputs if len(inputs.shape) == 2 else ops.reshape(inputs, (-1, inputs.shape[-1]))
+    projected = ops.matmul(flat, ops.cast(kernel, inputs.dtype))  # (T*B, G)
+    if bias is not None:
+        projected = projected + ops.cast(bias, inputs.dtype)
+    if len(inputs.shape) == 2:
+        return projected
+    return ops.reshape(projected, (*ops.shape(inputs)[:-1], kernel.shape[-1]))
 
 
 class _DropoutMasks:
@@ -151,6 +168,7 @@ class LSTMCell(_DropoutMasks, keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator()
         self.state_size = [units, units]
         self.output_size = units
+        self.projection_size = 4 * units  # G, the width of x [W_i W_f W_c W_o]
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
@@ -187,10 +205,7 @@ class LSTMCell(_DropoutMasks, keras.layers.Layer):
     def input_projection(self, inputs, dropout_mask=None):
         """`x [W_i W_f W_c W_o] + b`: ([T,] B, D) -> ([T,] B, 4U)."""
         inputs = self._apply_input_dropout(inputs, dropout_mask)
-        projected = ops.matmul(inputs, ops.cast(self.kernel, inputs.dtype))
-        if self.use_bias:
-            projected = projected + ops.cast(self.bias, inputs.dtype)
-        return projected
+        return _project(inputs, self.kernel, self.bias)
 
     def step(self, projected, states, recurrent_dropout_mask=None):
         """One step from the projected input `(B, 4U)` and `[h, c]`."""
@@ -310,6 +325,7 @@ class GRUCell(_DropoutMasks, keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator()
         self.state_size = [units]
         self.output_size = units
+        self.projection_size = 3 * units  # G, the width of x [W_z W_r W_h]
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
@@ -335,10 +351,7 @@ class GRUCell(_DropoutMasks, keras.layers.Layer):
     def input_projection(self, inputs, dropout_mask=None):
         """`x [W_z W_r W_h] + b`: ([T,] B, D) -> ([T,] B, 3U)."""
         inputs = self._apply_input_dropout(inputs, dropout_mask)
-        projected = ops.matmul(inputs, ops.cast(self.kernel, inputs.dtype))
-        if self.use_bias:
-            projected = projected + ops.cast(self._input_bias(), inputs.dtype)
-        return projected
+        return _project(inputs, self.kernel, self._input_bias() if self.use_bias else None)
 
     def step(self, projected, states, recurrent_dropout_mask=None):
         """One step from the projected input `(B, 3U)` and `[h]`."""

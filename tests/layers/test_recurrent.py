@@ -137,6 +137,23 @@ def test_gru_matches_keras(return_sequences, go_backwards, masked, reset_after):
     )
 
 
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
+@pytest.mark.parametrize(
+    "ours, ref",
+    [(LSTM, keras.layers.LSTM), (GRU, keras.layers.GRU)],
+    ids=["lstm", "gru"],
+)
+def test_precomputed_projection_path_matches_keras(ours, ref, go_backwards):
+    """Inputs wider than the projection (D=32 >= G) take the path that projects
+    all steps before the loop; it must agree with keras as the in-loop path does."""
+    units = 4
+    x = np.random.default_rng(5).normal(size=(B, T, 32)).astype("float32")
+    kwargs = dict(return_sequences=True, return_state=True, go_backwards=go_backwards)
+    layer = ours(units, **kwargs)
+    assert layer.cell.projection_size <= x.shape[-1]
+    _check_against_keras(layer, ref(units, **kwargs), x, _right_padding(), True, go_backwards)
+
+
 @pytest.mark.parametrize("padding", [_right_padding, _left_padding], ids=["right", "left"])
 def test_sequence_outputs_equal_keras_zero_output_for_mask(padding):
     """At every position, padded ones included, ours equals keras with

@@ -1,0 +1,1 @@
+"""Ratio benchmarks of our layers against their Keras / keras-hub references."""
