@@ -20,3 +20,6 @@ from layers.multi_head_attention import MultiHeadAttention
 from layers.linear_attention import LinearAttention
 from layers.transformer_encoder import TransformerEncoderBlock
 from layers.transformer_decoder import TransformerDecoderBlock
+from layers.recurrent_cells import GRUCell, LSTMCell
+from layers.rnn import GRU, LSTM, RNN
+from layers.bidirectional import Bidirectional
