@@ -150,7 +150,9 @@ class RNN(keras.layers.Layer):
 
     Returns:
         `(B, T, U)` if `return_sequences` else `(B, U)`; with `return_state`, a
-        list `[output, *final_states]`.
+        list `[output, *final_states]`. With `return_sequences`, the output
+        carries on the implicit Keras mask (`compute_mask`); an explicit
+        `padding_mask` is not attached to it, so pass it to the next layer too.
 
     Example:
     >>> rnn = RNN(LSTMCell(16), return_sequences=True)
@@ -211,7 +213,7 @@ class RNN(keras.layers.Layer):
         def step_fn(sequence_t, states):
             projected_t = sequence_t  # (B, G)
             if not precompute:
-                projected_t = self.cell.input_projection(sequence_t, dropout_mask)  # (B, D) -> (B, G)
+                projected_t = self.cell.input_projection(sequence_t, dropout_mask)  # (B, G)
             return self.cell.step(projected_t, states, recurrent_dropout_mask)
 
         last_output, outputs, states = _run_loop(

@@ -3,6 +3,7 @@ mask properties, golden values, errors and the shared `run_layer_test` checks.""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from layers.bidirectional import Bidirectional
 from layers.recurrent_cells import GRUCell, LSTMCell
@@ -152,6 +153,19 @@ def test_precomputed_projection_path_matches_keras(ours, ref, go_backwards):
     layer = ours(units, **kwargs)
     assert layer.cell.projection_size <= x.shape[-1]
     _check_against_keras(layer, ref(units, **kwargs), x, _right_padding(), True, go_backwards)
+    mask = tf.constant(_right_padding())
+    jitted = tf.function(lambda a: layer(a, padding_mask=mask), jit_compile=True)
+    for a, b in zip(jitted(x), layer(x, padding_mask=mask)):
+        _close(a, b, atol=1e-4)
+
+
+def test_unknown_time_dimension():
+    """A functional model over `Input((None, D))` runs on any length."""
+    inputs = keras.Input((None, D))
+    model = keras.Model(inputs, Bidirectional(GRU(U, return_sequences=True))(inputs))
+    for length in (2, 7):
+        x = np.ones((B, length, D), "float32")
+        assert tuple(model(x).shape) == (B, length, 2 * U)
 
 
 @pytest.mark.parametrize("padding", [_right_padding, _left_padding], ids=["right", "left"])
