@@ -74,6 +74,21 @@ class SentimentTask(TaskConfig):
 
 
 @dataclass
+class TranslationTask(TaskConfig):
+    source_length: int = 40
+    target_length: int = 40
+    vocabulary_size: int = 4000
+    lowercase: bool = False
+
+
+@dataclass
+class NerTask(TaskConfig):
+    max_length: int = 64
+    vocabulary_size: int = 30000
+    lowercase: bool = False
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     _target_: str = MISSING  # the backbone factory
@@ -89,6 +104,26 @@ class RecurrentModel(ModelConfig):
     merge_mode: str = "concat"
     dropout: float = 0.0
     attention: str = "additive"
+
+
+@dataclass
+class TransformerModel(ModelConfig):
+    hidden_dim: int = 128
+    num_heads: int = 4
+    intermediate_dim: int = 256
+    num_layers: int = 2
+    num_decoder_layers: int = 2
+    dropout: float = 0.1
+    normalize_first: bool = False
+    positional: str = "learned"
+    attention: str = "softmax"
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 4
+    length_penalty: float = 0.6
+    max_length: Optional[int] = None  # None: the task's target length
 
 
 @dataclass
@@ -186,8 +221,10 @@ class ExportConfig:
 
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "task": {"sentiment": SentimentTask},
-    "model": {"recurrent": RecurrentModel},
+    "task": {"sentiment": SentimentTask, "translation": TranslationTask,
+             "ner": NerTask},
+    "model": {"recurrent": RecurrentModel, "transformer": TransformerModel},
+    "decode": {"decode": DecodeConfig},
     "data": {"synthetic": SyntheticData, "files": FilesData, "tfds": TfdsData},
     "trainer": {"trainer": TrainerConfig},
     "distribute": {"distribute": DistributeConfig},

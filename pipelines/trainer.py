@@ -173,7 +173,9 @@ class Trainer:
         for hook in self.hooks:
             hook.on_train_begin(self)
         start = self.state["epoch"]
-        if start:
+        if start >= epochs:
+            log.info("training already finished (%d of %d epochs)", start, epochs)
+        elif start:
             log.info("resuming at epoch %d of %d", start + 1, epochs)
         for epoch in range(start, epochs):
             if self.stop_training:

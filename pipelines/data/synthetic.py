@@ -79,10 +79,12 @@ class SyntheticSource:
         self.limit = limit
 
     def _sizes(self, train: int, validation: int, test: int) -> dict[str, int]:
-        """The configured split sizes, the task's defaults where they are None."""
+        """The configured split sizes, the task's defaults where they are None, capped by
+        `limit` (generating only the first `limit` examples gives the same ones)."""
         defaults = {"train": train, "validation": validation, "test": test}
-        return {split: size if size is not None else defaults[split]
-                for split, size in self.sizes.items()}
+        sizes = {split: size if size is not None else defaults[split]
+                 for split, size in self.sizes.items()}
+        return {split: min(size, self.limit or size) for split, size in sizes.items()}
 
     def _generate(self, task: str, example, sizes: dict[str, int]) -> Splits:
         """Draws each split from its own generator, `random.Random(f"{seed}-{task}-{index}")`."""

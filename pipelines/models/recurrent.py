@@ -6,6 +6,7 @@ network that fits its shapes (`text_encoder(...)`), so the backbone knows nothin
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 import layers
 
@@ -60,3 +61,90 @@ class Recurrent:
             if not last:
                 x = keras.layers.Dropout(self.dropout)(x)  # (B, T, H)
         return keras.Model(token_ids, x, name=f"{self.cell}_encoder")
+
+    def seq2seq(self, source_vocabulary_size: int, target_vocabulary_size: int,
+                source_length: int, target_length: int) -> "RecurrentSeq2Seq":
+        return RecurrentSeq2Seq(
+            source_vocabulary_size, target_vocabulary_size, cell=self.cell,
+            embedding_dim=self.embedding_dim, units=self.units, attention=self.attention,
+            dropout=self.dropout,
+        )
+
+
+_ATTENTION = ("additive", "dot", "general")
+
+
+class RecurrentSeq2Seq(keras.Model):
+    """Encoder-decoder RNN with attention (Bahdanau 2015 / Luong 2015).
+
+    The encoder is a bidirectional LSTM/GRU over the source; its final states, through a
+    dense layer, start the decoder. At every target step the decoder state attends over
+    the encoder outputs (`attention`: "additive" = Bahdanau, "dot"/"general" = Luong) and
+    `tanh(W [h; context])` predicts the next token (Luong's attentional hidden state).
+
+    Call: `model({"source": (B, S), "target_in": (B, T)})` -> logits (B, T, V), teacher
+    forcing. Decoding: `state = model.encode(source)`, `logits, state = model.step(ids,
+    state, index)`: the recurrent state is the cache.
+    """
+
+    def __init__(self, source_vocabulary_size, target_vocabulary_size, cell="lstm",
+                 embedding_dim=128, units=128, attention="additive", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if attention not in _ATTENTION:
+            raise ValueError(f"model.attention must be one of {_ATTENTION}; received {attention!r}")
+        self.cell_name, self.units = cell, units
+        rnn = _CELLS[cell]
+        self.source_embedding = keras.layers.Embedding(source_vocabulary_size, embedding_dim,
+                                                       mask_zero=True, name="source_embedding")
+        self.target_embedding = keras.layers.Embedding(target_vocabulary_size, embedding_dim,
+                                                       mask_zero=True, name="target_embedding")
+        self.dropout = keras.layers.Dropout(dropout)
+        self.encoder = layers.Bidirectional(
+            rnn(units, return_sequences=True, return_state=True), name="encoder")
+        self.bridge = keras.layers.Dense(units, activation="tanh", name="bridge")
+        self.memory_projection = keras.layers.Dense(units, use_bias=False, name="memory_projection")
+        self.decoder = rnn(units, return_sequences=True, name="decoder")
+        if attention == "additive":
+            self.attention = layers.AdditiveAttention(units=units, name="attention")
+        else:
+            self.attention = layers.DotAttention(score_mode=attention, name="attention")
+        self.combine = keras.layers.Dense(units, activation="tanh", name="combine")
+        self.head = keras.layers.Dense(target_vocabulary_size, dtype="float32", name="head")
+
+    @property
+    def num_states(self) -> int:
+        return 2 if self.cell_name == "lstm" else 1
+
+    def _encode(self, source, training=None):
+        source_mask = ops.not_equal(source, 0)  # (B, S)
+        x = self.dropout(self.source_embedding(source), training=training)
+        outputs = self.encoder(x, padding_mask=source_mask, training=training)
+        sequence, states = outputs[0], outputs[1:]  # (B, S, 2U); fwd states then bwd states
+        n = self.num_states
+        initial = [self.bridge(ops.concatenate([f, b], axis=-1))
+                   for f, b in zip(states[:n], states[n:])]  # each (B, U)
+        return self.memory_projection(sequence), source_mask, initial
+
+    def _attend(self, h, memory, source_mask):
+        context = self.attention(h, memory, padding_mask=source_mask)  # (B, T, U)
+        return self.head(self.combine(ops.concatenate([h, context], axis=-1)))
+
+    def call(self, inputs, training=None):
+        memory, source_mask, initial = self._encode(inputs["source"], training)
+        target_in = inputs["target_in"]
+        x = self.dropout(self.target_embedding(target_in), training=training)
+        h = self.decoder(x, padding_mask=ops.not_equal(target_in, 0), initial_state=initial,
+                         training=training)  # (B, T, U)
+        return self._attend(self.dropout(h, training=training), memory, source_mask)
+
+    def encode(self, source):
+        memory, source_mask, initial = self._encode(source, training=False)
+        return {"memory": memory, "source_mask": source_mask, "states": initial}
+
+    def step(self, token_ids, state, index):
+        """token_ids (N,) -> logits (N, V); the decoder cell advances one step."""
+        x = self.target_embedding(token_ids)  # (N, E)
+        cell = self.decoder.cell
+        h, states = cell.step(cell.input_projection(x), list(state["states"]))  # (N, U)
+        logits = self._attend(h[:, None, :], state["memory"], state["source_mask"])[:, 0]
+        return logits, {**state, "states": states}

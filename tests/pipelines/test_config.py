@@ -12,7 +12,8 @@ from pipelines.config import ConfigError, check, register_schemas
 from tests.conftest import REPO
 
 register_schemas()
-PAIRS = [("sentiment", "lstm"), ("sentiment", "gru")]
+PAIRS = [(task, model) for task in ("sentiment", "translation", "ner")
+         for model in ("lstm", "gru", "transformer")]
 
 
 def _compose(*overrides):
@@ -77,8 +78,8 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("args,valid", [
-    (["task=foo"], ["sentiment"]),
-    (["model=foo"], ["gru", "lstm"]),
+    (["task=foo"], ["ner", "sentiment", "translation"]),
+    (["model=foo"], ["gru", "lstm", "transformer"]),
     (["model=lstm", "task.models=[gru]"], ["gru"]),
 ])
 def test_cli_rejects_unknown_choices_fast_without_tensorflow(args, valid):
