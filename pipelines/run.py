@@ -165,6 +165,9 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         tracker.log_metrics({"train_seconds": time.time() - began})
         for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.json"):
             tracker.log_artifact(run_dir / name)
+        if chief:
+            for picture in task.pictures(model, splits, run_dir / "pictures"):
+                tracker.log_artifact(picture, "pictures")
         samples = getattr(task, "samples", None)
         if samples and chief:
             (run_dir / "samples.json").write_text(json.dumps(samples, indent=2))

@@ -72,6 +72,11 @@ class Task(abc.ABC):
     def evaluate(self, model: keras.Model, pair: tuple[list, list], batch_size: int) -> dict:
         """The task metric(s) from the reference libraries, as plain floats."""
 
+    def pictures(self, model: keras.Model, splits: Splits, directory) -> list:
+        """Writes the task's PNGs (confusion matrix, overlays, attention maps) into
+        `directory` and returns their paths; run() logs them to MLflow. None by default."""
+        return []
+
     @abc.abstractmethod
     def export(self, model: keras.Model, path: str) -> None:
         """Writes a SavedModel whose `serving_default` takes raw input (CONTRACT.md)."""
