@@ -70,6 +70,18 @@ class Recurrent:
             dropout=self.dropout,
         )
 
+    def captioner(self, vocabulary_size: int, caption_length: int, image_size: int,
+                  encoder_filters, encoder_norm: str | None = "batch") -> keras.Model:
+        """Show-attend-tell captioner: a CNN grid encoder, this cell with additive attention
+        over the grid (`pipelines.models.captioning.RecurrentCaptioner`)."""
+        from pipelines.models.captioning import RecurrentCaptioner
+
+        return RecurrentCaptioner(
+            vocabulary_size, image_size, encoder_filters, cell=self.cell,
+            embedding_dim=self.embedding_dim, units=self.units, dropout=self.dropout,
+            encoder_norm=encoder_norm, name=f"{self.cell}_captioner",
+        )
+
 
 _ATTENTION = ("additive", "dot", "general")
 
