@@ -88,6 +88,43 @@ class NerTask(TaskConfig):
     lowercase: bool = False
 
 
+class SegmentationLoss(str, enum.Enum):
+    cross_entropy = "cross_entropy"
+    dice = "dice"
+    both = "both"  # cross-entropy + soft Dice
+
+
+@dataclass
+class SegmentationTask(TaskConfig):
+    image_size: int = 64  # images and masks are resized to image_size x image_size
+    loss: SegmentationLoss = SegmentationLoss.cross_entropy
+    augment: bool = True  # random flips of image and mask together (training only)
+    num_pictures: int = 6  # validation overlays written to pictures/
+
+
+class CaptionTokenizer(str, enum.Enum):
+    word = "word"  # TextVectorization: core TF ops only
+    wordpiece = "wordpiece"  # keras-hub WordPiece: loading needs tensorflow_text
+
+
+class CaptionSampling(str, enum.Enum):
+    sample = "sample"  # one random caption per image each time the image is seen
+    all = "all"  # every (image, caption) pair once per epoch
+
+
+@dataclass
+class CaptioningTask(TaskConfig):
+    image_size: int = 64
+    caption_length: int = 20  # decoder positions, [START] and [END] included
+    tokenizer: CaptionTokenizer = CaptionTokenizer.word
+    vocabulary_size: int = 5000
+    lowercase: bool = True
+    captions: CaptionSampling = CaptionSampling.sample
+    encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128])
+    encoder_norm: Optional[str] = "batch"
+    num_pictures: int = 4  # attention-map figures written to pictures/
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -120,6 +157,15 @@ class TransformerModel(ModelConfig):
 
 
 @dataclass
+class UNetModel(ModelConfig):
+    filters: int = 16
+    depth: int = 3
+    kernel_size: int = 3
+    norm: Optional[str] = "batch"
+    dropout: float = 0.0
+
+
+@dataclass
 class DecodeConfig:
     beam_size: int = 4
     length_penalty: float = 0.6
@@ -135,6 +181,7 @@ class SyntheticData:
     num_validation: Optional[int] = None
     num_test: Optional[int] = None
     limit: Optional[int] = None
+    ignore_index: Optional[int] = None  # segmentation: a mask label left out of loss and metrics
 
 
 @dataclass
@@ -152,6 +199,11 @@ class FilesData:
     target_lang: str = "de"
     tag_scheme: str = "iob2"
     limit: Optional[int] = None
+    ignore_index: Optional[int] = None  # segmentation: a mask label left out of loss and metrics
+    image_dir: Optional[str] = None  # segmentation: images folder (default images/); captioning: image folder
+    mask_dir: Optional[str] = None  # segmentation: masks folder (default masks/)
+    region_dir: Optional[str] = None  # segmentation: region masks (field of view) restricting metrics
+    pair_key: Optional[str] = None  # segmentation: regex whose first group pairs image and mask stems
 
 
 @dataclass
@@ -171,6 +223,7 @@ class TfdsData:
     target_lang: Optional[str] = None
     download: bool = True
     limit: Optional[int] = None
+    ignore_index: Optional[int] = None  # segmentation: a mask label left out of loss and metrics
 
 
 @dataclass
@@ -222,8 +275,8 @@ class ExportConfig:
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "task": {"sentiment": SentimentTask, "translation": TranslationTask,
-             "ner": NerTask},
-    "model": {"recurrent": RecurrentModel, "transformer": TransformerModel},
+             "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask},
+    "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel},
     "decode": {"decode": DecodeConfig},
     "data": {"synthetic": SyntheticData, "files": FilesData, "tfds": TfdsData},
     "trainer": {"trainer": TrainerConfig},

@@ -168,13 +168,20 @@ class FilesSource:
     def __init__(self, train: str, validation: str | None = None, test: str | None = None,
                  validation_fraction: float = 0.1, text_column: str = "text",
                  label_column: str = "label", source_lang: str = "en", target_lang: str = "de",
-                 tag_scheme: str = "iob2", limit: int | None = None, seed: int = 42):
+                 tag_scheme: str = "iob2", limit: int | None = None, seed: int = 42,
+                 ignore_index: int | None = None, image_dir: str | None = None,
+                 mask_dir: str | None = None, region_dir: str | None = None,
+                 pair_key: str | None = None):
         self.paths = {"train": train, "validation": validation, "test": test}
         self.validation_fraction = validation_fraction
         self.text_column, self.label_column = text_column, label_column
         self.source_lang, self.target_lang, self.tag_scheme = source_lang, target_lang, tag_scheme
         self.limit = limit
         self.seed = seed
+        # Vision folders (segmentation, captioning); ignore_index is read by the task.
+        self.ignore_index = ignore_index
+        self.image_dir, self.mask_dir, self.region_dir = image_dir, mask_dir, region_dir
+        self.pair_key = pair_key
 
     def _splits(self, read, resolve=_existing) -> Splits:
         """Reads every configured split with `read(resolve(path, key))`, then holds out

@@ -73,8 +73,9 @@ class SyntheticSource:
 
     def __init__(self, seed: int = 42, num_train: int | None = None,
                  num_validation: int | None = None, num_test: int | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, ignore_index: int | None = None):
         self.seed = seed
+        self.ignore_index = ignore_index  # segmentation: read by the task, not the generator
         self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
         self.limit = limit
 

@@ -18,7 +18,7 @@ class TfdsSource:
                  validation_fraction: float = 0.1, text_key: str | None = None,
                  label_key: str | None = None, source_lang: str | None = None,
                  target_lang: str | None = None, download: bool = True,
-                 limit: int | None = None, seed: int = 42):
+                 limit: int | None = None, seed: int = 42, ignore_index: int | None = None):
         self.name, self.data_dir, self.download = name, data_dir, download
         self.split_names = {"train": train_split, "validation": validation_split,
                             "test": test_split}
@@ -26,6 +26,7 @@ class TfdsSource:
         self.text_key, self.label_key = text_key, label_key
         self.source_lang, self.target_lang = source_lang, target_lang
         self.limit, self.seed = limit, seed
+        self.ignore_index = ignore_index  # segmentation: read by the task
 
     def _load(self):
         import tensorflow_datasets as tfds
