@@ -18,7 +18,16 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     from pipelines.run import run  # TensorFlow is imported from here on
 
-    return run(cfg).get("objective")
+    try:
+        return run(cfg).get("objective")
+    finally:
+        # A multirun runs its jobs in this process: free the last job's graphs and weights.
+        import gc
+
+        import keras
+
+        keras.backend.clear_session()
+        gc.collect()
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if chief:
             (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        tracker.log_metrics(metrics)
+        tracker.log_final_metrics(metrics)
         tracker.log_metrics({"train_seconds": time.time() - began})
         for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.json"):
             tracker.log_artifact(run_dir / name)
@@ -171,14 +171,14 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         samples = getattr(task, "samples", None)
         if samples and chief:
             (run_dir / "samples.json").write_text(json.dumps(samples, indent=2))
-            tracker.log_artifact(run_dir / "samples.json")
+            tracker.log_table(samples, "samples.json")
 
         if cfg.export.enabled and chief:
             export_dir = run_dir / cfg.export.dir
             task.export(model, str(export_dir))
             log.info("exported SavedModel to %s", export_dir)
             if cfg.logger.log_model:
-                tracker.log_artifact(export_dir, "saved_model")
+                tracker.log_model(export_dir, samples)
         tracker.finish()
     except BaseException:
         tracker.finish("FAILED")
