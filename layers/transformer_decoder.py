@@ -55,10 +55,14 @@ class TransformerDecoderBlock(keras.layers.Layer):
         training: bool, for dropout.
         use_causal_mask: bool, query `t` sees only decoder positions `<= t`.
             Defaults to `True`.
+        return_cross_attention_scores: bool; also return the cross-attention
+            weights `(B, H, T, S)` (for attention pictures). Needs
+            `cross_attention=True`.
 
     Returns:
         `outputs` `(B, T, D)`; with a `self_attention_cache`, the tuple
-        `(outputs, updated_cache)` with the cache's shape. The implicit mask of
+        `(outputs, updated_cache)` with the cache's shape; with
+        `return_cross_attention_scores`, the scores come last. The implicit mask of
         `x` propagates to `outputs`.
 
     Example:
@@ -178,6 +182,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self_attention_cache_index=None,
         training=None,
         use_causal_mask=True,
+        return_cross_attention_scores=False,
     ):
         self._check_call(encoder_outputs, self_attention_cache, self_attention_cache_index)
         has_cache = self_attention_cache is not None
@@ -218,8 +223,14 @@ class TransformerDecoderBlock(keras.layers.Layer):
             if self.normalize_first:
                 x = self.cross_attention_norm(x)
             x = self.cross_attention_layer(
-                x, encoder_outputs, padding_mask=encoder_padding_mask, training=training
+                x,
+                encoder_outputs,
+                padding_mask=encoder_padding_mask,
+                return_scores=return_cross_attention_scores,
+                training=training,
             )  # (B, T, D)
+            if return_cross_attention_scores:
+                x, cross_scores = x  # (B, T, D), (B, H, T, S)
             x = self.cross_attention_dropout(x, training=training)
             x = x + residual
             if not self.normalize_first:
@@ -236,9 +247,10 @@ class TransformerDecoderBlock(keras.layers.Layer):
         if not self.normalize_first:
             x = self.feedforward_norm(x)
 
-        if has_cache:
-            return x, self_attention_cache
-        return x
+        outputs = (x, self_attention_cache) if has_cache else (x,)
+        if return_cross_attention_scores:
+            outputs += (cross_scores,)
+        return outputs if len(outputs) > 1 else x
 
     def _check_call(self, encoder_outputs, cache, cache_index):
         if self.cross_attention and encoder_outputs is None:

@@ -348,3 +348,16 @@ def test_call_errors():
     linear = TransformerEncoderBlock(**SIZES, attention="linear")
     with pytest.raises(ValueError, match="attention_mask is not supported with attention='linear'"):
         linear(X, attention_mask=np.ones((B, T, T), bool))
+
+
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_decoder_returns_cross_attention_scores(normalize_first):
+    block = TransformerDecoderBlock(**SIZES, normalize_first=normalize_first)
+    kwargs = {"decoder_padding_mask": DECODER_PADDING, "encoder_padding_mask": ENCODER_PADDING}
+    plain = to_numpy(block(X, encoder_outputs=MEMORY, **kwargs))
+    outputs, scores = block(X, encoder_outputs=MEMORY, return_cross_attention_scores=True, **kwargs)
+    np.testing.assert_allclose(to_numpy(outputs), plain, atol=1e-6)
+    scores = to_numpy(scores)  # (B, H, T, S)
+    assert scores.shape == (B, H, T, S)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+    assert np.all(scores[1, :, :, S - 3:] == 0)  # padded source positions get no weight
