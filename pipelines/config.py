@@ -126,6 +126,20 @@ class CaptioningTask(TaskConfig):
 
 
 @dataclass
+class ImageAugment:
+    flip: bool = True  # random left-right mirror (off for digits and text)
+    crop: bool = False  # pad by image_size / 8 (reflected), crop back at a random offset
+    brightness: float = 0.0  # max random brightness shift, a fraction of 255 (0 = off)
+
+
+@dataclass
+class ImageClassificationTask(TaskConfig):
+    image_size: int = 32  # images are resized (bilinear, antialiased) to this square
+    augment: ImageAugment = field(default_factory=ImageAugment)
+    num_samples: int = 20  # test predictions written to samples.json
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     _target_: str = MISSING  # the backbone factory
@@ -163,6 +177,26 @@ class UNetModel(ModelConfig):
     kernel_size: int = 3
     norm: Optional[str] = "batch"
     dropout: float = 0.0
+
+
+@dataclass
+class CnnModel(ModelConfig):
+    filters: list[int] = field(default_factory=lambda: [32, 64, 128])  # one stage each
+    num_convs: int = 2  # convs per ConvBlock
+    kernel_size: int = 3
+    residual: bool = True
+    norm: Optional[str] = "batch"  # batch, layer or null
+    dropout: float = 0.1  # before the head
+
+
+@dataclass
+class VitModel(ModelConfig):
+    patch_size: int = 4  # must divide task.image_size
+    hidden_dim: int = 64
+    num_heads: int = 4
+    intermediate_dim: int = 128
+    num_layers: int = 4
+    dropout: float = 0.1
 
 
 @dataclass
@@ -275,8 +309,10 @@ class ExportConfig:
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "task": {"sentiment": SentimentTask, "translation": TranslationTask,
-             "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask},
-    "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel},
+             "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask,
+             "image_classification": ImageClassificationTask},
+    "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
+              "cnn": CnnModel, "vit": VitModel},
     "decode": {"decode": DecodeConfig},
     "data": {"synthetic": SyntheticData, "files": FilesData, "tfds": TfdsData},
     "trainer": {"trainer": TrainerConfig},

@@ -240,3 +240,11 @@ class FilesSource:
             raise DataFileError(f"data.tag_scheme must be one of {', '.join(TAG_SCHEMES)}; "
                                 f"received {self.tag_scheme!r}")
         return self._splits(lambda path: read_conll(path, self.tag_scheme))
+
+    def image_classification(self) -> Splits:
+        """uint8 images (H, W, 3) -> labels: each path is a folder with one sub-folder of
+        images per class, the sub-folder name being the label (`images.read_image_folder`);
+        an image that does not decode fails with its file name."""
+        from pipelines.data.images import read_image_folder
+
+        return self._splits(read_image_folder)

@@ -159,3 +159,42 @@ class TfdsSource:
                 all_tags.append(iob1_to_iob2(tags))
             splits[split] = (sentences, all_tags)
         return self._finish(splits)
+
+    def image_classification(self) -> Splits:
+        """uint8 images (H, W, 3) -> label names, e.g. `mnist`, `cifar10`, `oxford_iiit_pet`
+        (features `image` and `label`, a ClassLabel; data.text_key / data.label_key name
+        others). Grayscale is repeated into three channels; images that share one shape
+        come as one array (N, H, W, 3). Slice big sets with `data.train_split=train[:20%]`.
+        """
+        import numpy as np
+        import tensorflow_datasets as tfds
+
+        info, datasets = self._load()
+        features = info.features
+        image_key, label_key = self.text_key or "image", self.label_key or "label"
+        if image_key not in features or label_key not in features:
+            raise RuntimeError(
+                f"data.name={self.name}: no image feature {image_key!r} or label feature "
+                f"{label_key!r} among {list(features)}; set data.text_key=... (the image) "
+                "data.label_key=..."
+            )
+        names = getattr(features[label_key], "names", None)
+        splits = {}
+        for split, dataset in datasets.items():
+            images, labels = [], []
+            for example in tfds.as_numpy(dataset):
+                image = np.asarray(example[image_key])
+                if image.ndim == 2:
+                    image = image[:, :, None]
+                if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+                    raise RuntimeError(
+                        f"data.name={self.name}: feature {image_key!r} has shape {image.shape} "
+                        f"in split {split!r}; expected an image (height, width, 1, 3 or 4)")
+                image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[:, :, :3]
+                images.append(image.astype(np.uint8))
+                label = int(example[label_key])
+                labels.append(names[label] if names else str(label))
+            if len({image.shape for image in images}) == 1:
+                images = np.stack(images)
+            splits[split] = (images, labels)
+        return self._finish(splits)
