@@ -248,3 +248,238 @@ class FilesSource:
         from pipelines.data.images import read_image_folder
 
         return self._splits(read_image_folder)
+
+    def segmentation(self) -> Splits:
+        """images (encoded bytes) -> masks (uint8 (H, W)): each path is a folder with
+        `images/` and `masks/` (or `data.image_dir`, `data.mask_dir`), paired by file stem or
+        by `data.pair_key`; `data.region_dir` restricts scoring to a region (`read_segmentation`).
+
+        CamVid: `data.train=camvid data.image_dir=val data.mask_dir=valannot data.ignore_index=11`.
+        DRIVE: `data.train=DRIVE/training data.mask_dir=1st_manual data.region_dir=mask
+        data.pair_key='^(\\d+)_'`.
+        """
+        return self._splits(lambda root: read_segmentation(
+            root, self.image_dir, self.mask_dir, self.pair_key, self.region_dir,
+            self.ignore_index))
+
+    def captioning(self) -> Splits:
+        """images (encoded bytes) -> lists of captions: each path is a COCO captions JSON or a
+        Flickr8k token file (`image.jpg#N<TAB>caption`); images come from `data.image_dir` or
+        the folder guessed beside the file (`caption_image_dir`)."""
+        def read(path):
+            folder = caption_image_dir(path, self.image_dir)
+            if path.suffix.lower() == ".json":
+                return read_coco_captions(path, folder)
+            return read_token_captions(path, folder)
+
+        return self._splits(read)
+
+
+# ----------------------------------------------------------------------------- vision
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+VOID = 255  # mask label of pixels that are never scored (outside a region of interest)
+
+
+def _folder(base: pathlib.Path, name: str, key: str) -> pathlib.Path:
+    """`name` under `base` (or an absolute / current-directory path); must be a folder."""
+    candidate = pathlib.Path(name).expanduser()
+    folder = candidate if candidate.is_absolute() else base / candidate
+    if not folder.is_dir():
+        raise DataFileError(f"{key}={name}: no such folder {folder} (looked under {base})")
+    return folder
+
+
+def _keyed_files(folder: pathlib.Path, pair_key: str | None) -> dict[str, pathlib.Path]:
+    """{key: path} of the image files in `folder`; the key is the stem, or the first group
+    of `pair_key` searched in the stem."""
+    import re
+
+    pattern = re.compile(pair_key) if pair_key else None
+    keyed: dict[str, pathlib.Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        key = path.stem
+        if pattern is not None:
+            match = pattern.search(path.stem)
+            if match is None:
+                raise DataFileError(f"{path}: data.pair_key={pair_key!r} does not match the "
+                                    f"name {path.stem!r}")
+            key = match.group(1) if pattern.groups else match.group(0)
+        if key in keyed:
+            raise DataFileError(f"{path} and {keyed[key]} have the same pairing key {key!r}; "
+                                "set data.pair_key to a pattern that tells them apart")
+        keyed[key] = path
+    return keyed
+
+
+def _read_label_image(path: pathlib.Path):
+    """A single-channel mask as uint8 (H, W): palette images give their indices."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            array = np.array(image if mode in ("L", "P", "1", "I", "I;16") else image.convert("RGB"))
+    except OSError as error:
+        raise DataFileError(f"{path}: cannot read it as an image ({error})") from None
+    if array.ndim == 3:
+        if not (array == array[..., :1]).all():
+            raise DataFileError(f"{path}: expected a single-channel mask of class indices "
+                                f"(mode L or P); got a colour image (mode {mode})")
+        array = array[..., 0]
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+        raise DataFileError(f"{path}: mask values must be class indices 0-255; got "
+                            f"{array.min()}..{array.max()}")
+    return array.astype(np.uint8)
+
+
+def _image_size(path: pathlib.Path) -> tuple[int, int]:
+    """(height, width) from the file header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except OSError as error:
+        raise DataFileError(f"{path}: cannot read it as an image ({error})") from None
+
+
+def read_segmentation(root: pathlib.Path, image_dir: str | None = None,
+                      mask_dir: str | None = None, pair_key: str | None = None,
+                      region_dir: str | None = None,
+                      ignore_index: int | None = None) -> tuple[list, list]:
+    """(images as encoded bytes, masks as uint8 (H, W)) from `root/<image_dir>` and
+    `root/<mask_dir>` (default `images/` and `masks/`), paired by file stem or by the first
+    group of the regex `pair_key` (DRIVE: `^(\\d+)_` pairs `21_training.tif` with
+    `21_manual1.gif`).
+
+    Masks hold class indices; a split whose masks hold only 0 and 255 is binary and becomes
+    0/1 (unless `ignore_index=255`). With `region_dir`, pixels where the region mask is 0
+    become 255 (void: left out of the loss and the metrics).
+    """
+    import numpy as np
+
+    image_folder = _folder(root, image_dir or "images", "data.image_dir")
+    images = _keyed_files(image_folder, pair_key)
+    folders = {"mask": _folder(root, mask_dir or "masks", "data.mask_dir")}
+    if region_dir:
+        folders["region mask"] = _folder(root, region_dir, "data.region_dir")
+    tables = {kind: _keyed_files(folder, pair_key) for kind, folder in folders.items()}
+    masks, regions = tables["mask"], tables.get("region mask")
+    if not images:
+        raise DataFileError(f"{image_folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    for key, path in images.items():
+        for kind, table in tables.items():
+            if key not in table:
+                raise DataFileError(
+                    f"{path}: no {kind} with the pairing key {key!r} in {folders[kind]}; masks "
+                    "pair with images by file stem, or by the first group of the regex "
+                    "data.pair_key (e.g. '^(\\d+)_')"
+                )
+    encoded, labels = [], []
+    for key, path in images.items():
+        mask = _read_label_image(masks[key])
+        if _image_size(path) != mask.shape:
+            raise DataFileError(f"{masks[key]}: mask size {mask.shape} differs from its image "
+                                f"{path} ({_image_size(path)}); expected the same height, width")
+        encoded.append(path.read_bytes())
+        labels.append(mask)
+    values = np.unique(np.concatenate([np.unique(m) for m in labels]))
+    if ignore_index != 255 and set(values.tolist()) == {0, 255}:
+        labels = [(m // 255).astype(np.uint8) for m in labels]  # binary 0/255 -> 0/1
+    if regions is not None:
+        for index, key in enumerate(images):
+            region = _read_label_image(regions[key])
+            if region.shape != labels[index].shape:
+                raise DataFileError(f"{regions[key]}: region size {region.shape} differs from "
+                                    f"its mask's {labels[index].shape}")
+            labels[index] = np.where(region > 0, labels[index], VOID).astype(np.uint8)
+    return encoded, labels
+
+
+def read_coco_captions(path: pathlib.Path, image_dir: pathlib.Path) -> tuple[list, list]:
+    """(images as encoded bytes, caption lists) from a COCO captions JSON."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DataFileError(f"{path}: not a JSON file ({error})") from None
+    if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
+        raise DataFileError(f"{path}: expected a COCO captions JSON object with 'images' and "
+                            "'annotations' lists")
+    files = {}
+    for index, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise DataFileError(f"{path}: images[{index}] needs 'id' and 'file_name'; got "
+                                f"{str(image)[:80]}")
+        files[image["id"]] = image["file_name"]
+    captions: dict = {}
+    for index, note in enumerate(data["annotations"]):
+        if not isinstance(note, dict) or not isinstance(note.get("caption"), str):
+            raise DataFileError(f"{path}: annotations[{index}] needs 'image_id' and a string "
+                                f"'caption'; got {str(note)[:80]}")
+        if note.get("image_id") not in files:
+            raise DataFileError(f"{path}: annotations[{index}] names image_id="
+                                f"{note.get('image_id')}, which is not in 'images'")
+        if note["caption"].strip():
+            captions.setdefault(note["image_id"], []).append(note["caption"].strip())
+    return _caption_images(path, image_dir, [(files[i], refs) for i, refs in captions.items()])
+
+
+def read_token_captions(path: pathlib.Path, image_dir: pathlib.Path) -> tuple[list, list]:
+    """(images as encoded bytes, caption lists) from Flickr8k-style `image.jpg#N<TAB>caption`
+    lines."""
+    captions: dict[str, list[str]] = {}
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        name, tab, caption = line.partition("\t")
+        if not tab or "#" not in name or not caption.strip():
+            raise DataFileError(f"{path}:{number}: expected 'IMAGE.jpg#N<TAB>CAPTION'; got "
+                                f"{line[:80]!r}")
+        captions.setdefault(name.rsplit("#", 1)[0].strip(), []).append(caption.strip())
+    if not captions:
+        raise DataFileError(f"{path}: no captions found (expected 'IMAGE.jpg#N<TAB>CAPTION' lines)")
+    return _caption_images(path, image_dir, list(captions.items()))
+
+
+def _caption_images(path, image_dir, named: list) -> tuple[list, list]:
+    images, references = [], []
+    for name, refs in named:
+        image = image_dir / name
+        if not image.is_file():
+            raise DataFileError(f"{path}: image {name} has captions but is not in {image_dir}; "
+                                "set data.image_dir to the folder of the images")
+        images.append(image.read_bytes())
+        references.append(refs)
+    if not images:
+        raise DataFileError(f"{path}: no image with a caption")
+    return images, references
+
+
+def caption_image_dir(path: pathlib.Path, image_dir: str | None) -> pathlib.Path:
+    """`data.image_dir`, else a guess: COCO's `annotations/captions_<split>2017*.json` ->
+    `<root>/<split>2017/`; otherwise `images/`, `Flicker8k_Dataset/` or `Flickr8k_Dataset/`
+    beside the file or one folder up."""
+    import re
+
+    if image_dir is not None:
+        folder = pathlib.Path(image_dir).expanduser()
+        if not folder.is_dir():
+            raise DataFileError(f"data.image_dir={image_dir}: no such folder")
+        return folder
+    names = ["images", "Flicker8k_Dataset", "Flickr8k_Dataset"]
+    match = re.search(r"(train|val|test)(\d{4})", path.name)
+    if match:
+        names.insert(0, match.group(0))
+    for base in (path.parent, path.parent.parent):
+        for name in names:
+            if (base / name).is_dir():
+                return base / name
+    raise DataFileError(f"{path}: cannot find its image folder (tried {', '.join(names)} beside "
+                        "it and one folder up); set data.image_dir=FOLDER")

@@ -120,6 +120,27 @@ class SyntheticSource:
         """
         return self._generate("ner", ner_example, self._sizes(8000, 1000, 1000))
 
+    def _scenes(self, train: int, validation: int, test: int) -> dict:
+        """{split: SceneBatch} from `scenes.scene_splits`: the same seed draws the same
+        scenes for every vision task; `limit` draws only the first scenes."""
+        from pipelines.data.scenes import scene_splits
+
+        return scene_splits(self.seed, self._sizes(train, validation, test))
+
+    def segmentation(self) -> Splits:
+        """64 x 64 scenes (uint8 (64, 64, 3)) -> masks (uint8 (64, 64)): 0 = background,
+        1 + the kind of each shape (`scenes.MASK_CLASSES`); 4000 / 500 / 500 by default."""
+        batches = self._scenes(4000, 500, 500)
+        return Splits(**{split: (list(batch.images), list(batch.masks))
+                         for split, batch in batches.items()})
+
+    def captioning(self) -> Splits:
+        """64 x 64 scenes -> their 3-5 true captions each ("a small red circle left of a
+        large blue square", "two shapes on a noisy background", ...); 6000 / 500 / 500."""
+        batches = self._scenes(6000, 500, 500)
+        return Splits(**{split: (list(batch.images), list(batch.captions))
+                         for split, batch in batches.items()})
+
     def image_classification(self) -> Splits:
         """64 x 64 scenes of 1-3 coloured shapes on textured backgrounds (uint8 arrays
         (N, 64, 64, 3)) -> the kind of the largest shape ("circle", "square", "triangle",

@@ -28,7 +28,7 @@ class TfdsSource:
         self.limit, self.seed = limit, seed
         self.ignore_index = ignore_index  # segmentation: read by the task
 
-    def _load(self):
+    def _load(self, decoders: dict | None = None):
         import tensorflow_datasets as tfds
 
         try:
@@ -42,7 +42,7 @@ class TfdsSource:
                 "data=synthetic offline."
             ) from error
         datasets = {
-            split: builder.as_dataset(split=name)
+            split: builder.as_dataset(split=name, decoders=decoders)
             for split, name in self.split_names.items()
             if name is not None
         }
@@ -159,6 +159,55 @@ class TfdsSource:
                 all_tags.append(iob1_to_iob2(tags))
             splits[split] = (sentences, all_tags)
         return self._finish(splits)
+
+    def _vision(self, image_key: str, target_key: str, encoded: tuple[str, ...], convert) -> Splits:
+        """Images (and `encoded` features) stay encoded bytes: the task decodes and resizes
+        them, so a big dataset never sits decoded in memory."""
+        import tensorflow_datasets as tfds
+
+        info, datasets = self._load(decoders={key: tfds.decode.SkipDecoding() for key in encoded})
+        features = info.features
+        for key, name in ((image_key, "data.text_key"), (target_key, "data.label_key")):
+            if key not in features:
+                raise RuntimeError(f"data.name={self.name}: no feature {key!r} among "
+                                   f"{list(features)}; set {name}=... to the right one")
+        splits = {}
+        for split, dataset in datasets.items():
+            images, targets = [], []
+            for example in tfds.as_numpy(dataset):
+                images.append(example[image_key])
+                targets.append(convert(example[target_key]))
+            splits[split] = (images, targets)
+        return self._finish(splits)
+
+    def segmentation(self) -> Splits:
+        """images -> masks, e.g. `oxford_iiit_pet` (features `image`, `segmentation_mask`;
+        its labels 1 pet, 2 background, 3 border stay as they are). data.text_key /
+        data.label_key name other image and mask features."""
+        import numpy as np
+
+        def mask(value):  # encoded bytes stay; a decoded (H, W, 1) loses its channel axis
+            if isinstance(value, bytes):
+                return value
+            value = np.asarray(value)
+            return value[..., 0] if value.ndim == 3 else value
+
+        image_key, mask_key = self.text_key or "image", self.label_key or "segmentation_mask"
+        return self._vision(image_key, mask_key, (image_key, mask_key), mask)
+
+    def captioning(self) -> Splits:
+        """images -> caption lists, e.g. `coco_captions` (features `image` and `captions`, a
+        Sequence of {`text`, `id`}); data.text_key / data.label_key name others."""
+        import numpy as np
+
+        def captions(value):
+            texts = value["text"] if isinstance(value, dict) else value
+            return [t.decode("utf-8").strip() if isinstance(t, bytes) else str(t).strip()
+                    for t in np.atleast_1d(texts)]
+
+        image_key = self.text_key or "image"
+        return self._vision(image_key, self.label_key or "captions", (image_key,), captions)
+
 
     def image_classification(self) -> Splits:
         """uint8 images (H, W, 3) -> label names, e.g. `mnist`, `cifar10`, `oxford_iiit_pet`

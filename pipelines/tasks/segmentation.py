@@ -1,0 +1,285 @@
+"""`task=segmentation`: a class per pixel. Metrics: `mean_iou`, `pixel_accuracy`, `dice`.
+
+Raw examples are (image, mask) pairs: uint8 images (H, W, 3) of any size and masks (H, W)
+of class indices. The label 255 is void everywhere (a source marks pixels outside a region
+of interest with it), and `data.ignore_index` names one more label to leave out; both are
+excluded from the loss and from the metrics, which come from one confusion matrix
+(`pipelines.metrics`). Images are resized to `task.image_size` (bilinear, antialiased) and
+masks likewise with nearest neighbours, once, before training.
+
+The export decodes encoded JPEG/PNG bytes, resizes them in the graph in the same way and
+returns the argmax mask, int32 (B, image_size, image_size).
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipelines.data import Splits
+from pipelines.metrics import confusion_matrix, per_class_iou, segmentation_scores
+from pipelines.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+VOID = 255  # the mask label that is never a class (ignored pixels, outside a region)
+
+
+def _value(option) -> str:
+    return str(getattr(option, "value", option))
+
+
+# ----------------------------------------------------------------------------- image helpers
+# Training and serving resize the same way: bilinear with antialiasing for images (any size
+# in, S x S out), nearest neighbours for masks (labels are never blended).
+def load_image(image) -> np.ndarray:
+    """An image array, or encoded bytes (decoded as the export does; TIFF via Pillow) ->
+    uint8 (H, W, 3)."""
+    if isinstance(image, (bytes, np.bytes_)):
+        try:
+            return tf.io.decode_image(image, channels=3, expand_animations=False).numpy()
+        except tf.errors.InvalidArgumentError:  # a format TF cannot decode (TIFF)
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(image)) as decoded:
+                return np.array(decoded.convert("RGB"))
+    return np.asarray(image)
+
+
+def resize_image(image, size: int) -> np.ndarray:
+    """uint8 (H, W), (H, W, 1|3|4), or encoded bytes -> float32 (size, size, 3)."""
+    image = load_image(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = image[..., :3]
+    if image.shape[:2] == (size, size):
+        return image.astype(np.float32)
+    return tf.image.resize(image, [size, size], method="bilinear", antialias=True).numpy().round()
+
+
+def resize_mask(mask, size: int) -> np.ndarray:
+    """(H, W) labels, or an encoded single-channel image -> (size, size), nearest."""
+    if isinstance(mask, (bytes, np.bytes_)):
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(mask)) as decoded:
+            mask = np.array(decoded)  # palette images give their indices
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape == (size, size):
+        return mask
+    return tf.image.resize(mask[..., None].astype(np.int32), [size, size],
+                           method="nearest").numpy()[..., 0]
+
+
+def decode_images(image_bytes, size: int):
+    """Encoded JPEG/PNG/GIF/BMP strings (B,) -> float32 (B, size, size, 3) in [0, 255], in
+    the graph; grey images get three channels and alpha is dropped."""
+
+    def one(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)  # (H, W, 3)
+        image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+        return tf.round(image)
+
+    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec(
+        [size, size, 3], tf.float32))
+
+
+class Segmentation(Task):
+    """An image in, a mask of class indices out, by a U-Net."""
+
+    name = "segmentation"
+
+    # ------------------------------------------------------------------ data
+    def adapt(self, splits: Splits) -> None:
+        self.image_size = int(self.task_cfg.image_size)
+        self.ignore_index = self.cfg.data.get("ignore_index")
+        self._prepared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        images, masks = self.prepare(splits.train)
+        labels = np.unique(masks[masks != VOID])
+        if labels.size == 0:
+            raise ValueError("the training masks hold no labelled pixel (all void or "
+                             f"data.ignore_index={self.ignore_index})")
+        self.num_classes = max(int(labels.max()) + 1, 2)
+        for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
+            if pair is None:
+                continue
+            seen = np.unique(self.prepare(pair)[1])
+            unknown = [int(v) for v in seen if v != VOID and v >= self.num_classes]
+            if unknown:
+                raise ValueError(
+                    f"the {split_name} masks have labels {unknown[:5]} above the largest "
+                    f"training label {self.num_classes - 1}; set data.ignore_index or check "
+                    "the masks"
+                )
+        counts = np.bincount(masks[masks != VOID].ravel(), minlength=self.num_classes)
+        log.info("segmentation: %d classes, pixel shares %s", self.num_classes,
+                 np.round(counts / counts.sum(), 3).tolist())
+
+    def prepare(self, pair) -> tuple[np.ndarray, np.ndarray]:
+        """(images, masks) lists -> uint8 (N, S, S, 3) and uint8 (N, S, S), VOID for ignored
+        pixels; computed once per split."""
+        key = id(pair[0])
+        if key not in self._prepared:
+            size = self.image_size
+            images = np.stack([resize_image(image, size) for image in pair[0]]).astype(np.uint8)
+            masks = np.stack([resize_mask(mask, size) for mask in pair[1]]).astype(np.int64)
+            if self.ignore_index is not None:
+                masks[masks == self.ignore_index] = VOID
+            if masks.max(initial=0) > VOID:
+                raise ValueError(f"mask labels must be below {VOID}; found {masks.max()}")
+            self._prepared[key] = (images, masks.astype(np.uint8))
+        return self._prepared[key]
+
+    def augment(self, image, mask):
+        """Random horizontal flip of image and mask together, and brightness on the image.
+
+        The mask rides along as a fourth channel through the flip, so the two cannot drift
+        apart (tested)."""
+        stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)[..., None]], -1)
+        stacked = tf.image.random_flip_left_right(stacked)  # (S, S, 4)
+        image, mask = stacked[..., :3], tf.cast(stacked[..., 3], tf.uint8)
+        image = tf.clip_by_value(image + tf.random.uniform([], -20.0, 20.0), 0.0, 255.0)
+        return image, mask
+
+    def dataset(self, pair, training, batch_size):
+        images, masks = self.prepare(pair)
+        ds = tf.data.Dataset.from_tensor_slices((images, masks))
+        if training:
+            ds = ds.shuffle(len(images), seed=self.seed, reshuffle_each_iteration=True).repeat()
+            if self.task_cfg.augment:
+                ds = ds.map(self.augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=training)
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.int32)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> keras.Model:
+        return self.backbone_factory().segmenter(self.image_size, self.num_classes)
+
+    def loss(self, y_true, y_pred):
+        """Per image: cross-entropy averaged over its valid pixels, soft Dice (1 - mean over
+        classes of (2 |P.Y| + 1) / (|P| + |Y| + 1) on valid pixels), or their sum."""
+        valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)  # (B, S, S)
+        labels = tf.where(tf.not_equal(y_true, VOID), tf.cast(y_true, tf.int32), 0)
+        kind = _value(self.task_cfg.loss)
+        total = 0.0
+        if kind in ("cross_entropy", "both"):
+            pixel_loss = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
+                                                                      from_logits=True)
+            total += (tf.reduce_sum(pixel_loss * valid, axis=[1, 2])
+                      / tf.maximum(tf.reduce_sum(valid, axis=[1, 2]), 1.0))
+        if kind in ("dice", "both"):
+            total += soft_dice_loss(labels, y_pred, valid, self.num_classes)
+        return total
+
+    def stats(self, y_true, y_pred):
+        """Pixel accuracy on valid pixels: monitoring only; the result is `evaluate`."""
+        valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)
+        correct = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
+                                   tf.cast(y_true, tf.int32)), tf.float32)
+        return {"accuracy": (tf.reduce_sum(correct * valid), tf.reduce_sum(valid))}
+
+    # ------------------------------------------------------------------ results
+    def predict_masks(self, model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> int32 (N, S, S) argmax masks."""
+        forward = tf.function(lambda x: tf.argmax(model(x, training=False), -1,
+                                                  output_type=tf.int32), reduce_retracing=True)
+        return np.concatenate([
+            forward(tf.cast(images[start:start + batch_size], tf.float32)).numpy()
+            for start in range(0, len(images), batch_size)
+        ]) if len(images) else np.zeros((0, self.image_size, self.image_size), np.int32)
+
+    def evaluate(self, model, pair, batch_size):
+        images, masks = self.prepare(pair)
+        predicted = self.predict_masks(model, images, batch_size)
+        confusion = confusion_matrix(masks, predicted, self.num_classes, ignore_index=VOID)
+        self.samples = [{"class": c, "iou": None if np.isnan(v) else round(float(v), 4)}
+                        for c, v in enumerate(per_class_iou(confusion))]
+        return segmentation_scores(confusion)
+
+    def pictures(self, model, splits, directory):
+        """`overlay_<i>.png`: image | truth | prediction, classes in fixed colours."""
+        from PIL import Image
+
+        count = min(int(self.task_cfg.num_pictures), len(splits.validation[0]))
+        if count == 0:
+            return []
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        images, masks = self.prepare(splits.validation)
+        images, masks = images[:count], masks[:count]
+        predicted = self.predict_masks(model, images)
+        scale = max(1, 192 // self.image_size)
+        paths = []
+        for index in range(count):
+            row = np.concatenate([images[index], overlay(images[index], masks[index]),
+                                  overlay(images[index], predicted[index])], axis=1)
+            picture = Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale),
+                                                  Image.NEAREST)
+            path = directory / f"overlay_{index}.png"
+            picture.save(path)
+            paths.append(path)
+        return paths
+
+    # ------------------------------------------------------------------ serving
+    def _serving_fn(self, model):
+        size = self.image_size
+
+        def serve(image_bytes):
+            pixels = decode_images(image_bytes, size)  # (B, S, S, 3) float32
+            logits = model(pixels, training=False)  # (B, S, S, C)
+            return {"mask": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+        return serve
+
+    def export(self, model, path):
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serving_default", self._serving_fn(model),
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        )
+        archive.write_out(path, verbose=False)
+
+    def serve_in_process(self, model, inputs):
+        outputs = self._serving_fn(model)(tf.constant(inputs))
+        return {k: v.numpy() for k, v in outputs.items()}
+
+
+def soft_dice_loss(labels, logits, valid, num_classes: int):
+    """1 - mean over classes of the smoothed soft Dice, per image (B,); only `valid` pixels."""
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # (B, S, S, C)
+    weights = valid[..., None]  # (B, S, S, 1)
+    truth = tf.one_hot(labels, num_classes) * weights
+    probabilities = probabilities * weights
+    intersection = tf.reduce_sum(probabilities * truth, axis=[1, 2])  # (B, C)
+    sizes = tf.reduce_sum(probabilities, axis=[1, 2]) + tf.reduce_sum(truth, axis=[1, 2])
+    return 1.0 - tf.reduce_mean((2.0 * intersection + 1.0) / (sizes + 1.0), axis=-1)
+
+
+_PALETTE = np.array([
+    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+    [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
+], np.float32)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """uint8 (S, S, 3) with each class's colour blended in; class 0 and void stay as is."""
+    colours = _PALETTE[np.asarray(mask, np.int64) % len(_PALETTE)]  # (S, S, 3)
+    painted = (mask != 0) & (mask != VOID)
+    blended = image.astype(np.float32)
+    blended[painted] = (1 - alpha) * blended[painted] + alpha * colours[painted]
+    return np.clip(blended, 0, 255).astype(np.uint8)
