@@ -33,8 +33,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.trainer import Hook
-
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -250,6 +248,7 @@ class Tracker:
         uri = resolve_tracking_uri(self.cfg.logger.tracking_uri)
         check_reachable(uri)
         mlflow.set_tracking_uri(uri)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         id_file = self.run_dir / RUN_ID_FILE
         self.resumed = id_file.exists()
         # `mlflow run` (MLproject) made the run already and passes it in MLFLOW_RUN_ID.
@@ -258,7 +257,7 @@ class Tracker:
         try:
             if project_run:
                 experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
-                mlflow.set_experiment(experiment_id=experiment_id)
+                name = mlflow.set_experiment(experiment_id=experiment_id).name
             else:
                 experiment_id = mlflow.set_experiment(name).experiment_id
         except Exception as error:  # noqa: BLE001
@@ -293,8 +292,7 @@ class Tracker:
         if self.parent_run_id:
             self._guard("update the sweep's parent run", mlflow.MlflowClient().update_run,
                         self.parent_run_id, status="RUNNING")
-        log.info("MLflow: run %s in experiment %r at %s", self.run_id,
-                 mlflow.get_experiment(experiment_id).name, uri)
+        log.info("MLflow: run %s in experiment %r at %s", self.run_id, name, uri)
 
     def _run_name(self) -> str | None:
         name = self.cfg.logger.run_name
@@ -496,12 +494,18 @@ class Tracker:
                         self.parent_run_id, "FINISHED" if status == "FINISHED" else "FAILED")
 
 
-class MlflowHook(Hook):
+class MlflowHook:
     """Logs every epoch's metrics with `step=epoch` (1-based, so resumed runs never repeat) and
-    the training curves (the whole history, resumed epochs included) at the end."""
+    the training curves (the whole history, resumed epochs included) at the end.
+
+    A `pipelines.trainer.Hook` by its methods; not a subclass, so that importing this module
+    (`pipelines.compare` does) does not import TensorFlow."""
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
+
+    def on_train_begin(self, trainer):
+        pass
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.tracker.log_metrics(logs, step=epoch + 1)

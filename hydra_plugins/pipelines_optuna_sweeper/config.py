@@ -1,0 +1,34 @@
+"""The sweeper's config schema, stored as `hydra/sweeper: pipelines_optuna`.
+
+Keys follow hydra-optuna-sweeper, so its users' `hydra.sweeper` blocks carry over.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class PipelinesOptunaSweeperConf:
+    _target_: str = (
+        "hydra_plugins.pipelines_optuna_sweeper.pipelines_optuna_sweeper.PipelinesOptunaSweeper"
+    )
+    _recursive_: bool = False  # the sampler config reaches the sweeper as config, not an object
+    # maximize (the task metrics are higher-is-better), minimize, or a list (multi-objective)
+    direction: Any = "maximize"
+    # trials in the study in total: a resumed sweep runs only the ones still missing
+    n_trials: int = 20
+    # tpe | random | cmaes, or a config with _target_ (e.g. optuna.samplers.TPESampler)
+    sampler: Any = "tpe"
+    seed: Optional[int] = None
+    # null: sqlite:///<hydra.sweep.dir>/optuna.db, so re-running the same sweep dir resumes it
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    n_jobs: int = 1  # trials launched together (parallel with a parallel launcher)
+    max_failure_rate: float = 0.0
+    # key: choice(...) | interval(lo, hi) | range(lo, hi[, step]) | tag(log, interval(...))
+    params: Optional[Dict[str, str]] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="pipelines_optuna",
+                             node=PipelinesOptunaSweeperConf, provider="pipelines")
