@@ -137,17 +137,27 @@ class RecurrentSeq2Seq(keras.Model):
                    for f, b in zip(states[:n], states[n:])]  # each (B, U)
         return self.memory_projection(sequence), source_mask, initial
 
-    def _attend(self, h, memory, source_mask):
-        context = self.attention(h, memory, padding_mask=source_mask)  # (B, T, U)
-        return self.head(self.combine(ops.concatenate([h, context], axis=-1)))
+    def _attend(self, h, memory, source_mask, return_scores=False):
+        context, scores = self.attention(h, memory, padding_mask=source_mask,
+                                         return_scores=True)  # (B, T, U), (B, T, S)
+        logits = self.head(self.combine(ops.concatenate([h, context], axis=-1)))
+        return (logits, scores) if return_scores else logits
 
-    def call(self, inputs, training=None):
+    def _decode(self, inputs, training=None, return_scores=False):
         memory, source_mask, initial = self._encode(inputs["source"], training)
         target_in = inputs["target_in"]
         x = self.dropout(self.target_embedding(target_in), training=training)
         h = self.decoder(x, padding_mask=ops.not_equal(target_in, 0), initial_state=initial,
                          training=training)  # (B, T, U)
-        return self._attend(self.dropout(h, training=training), memory, source_mask)
+        return self._attend(self.dropout(h, training=training), memory, source_mask,
+                            return_scores)
+
+    def call(self, inputs, training=None):
+        return self._decode(inputs, training)
+
+    def attention_maps(self, source, target_in):
+        """(B, T, S): the decoder's attention over the source, teacher forced."""
+        return self._decode({"source": source, "target_in": target_in}, return_scores=True)[1]
 
     def encode(self, source):
         memory, source_mask, initial = self._encode(source, training=False)

@@ -156,6 +156,19 @@ class TransformerSeq2Seq(keras.Model):
                       encoder_padding_mask=source_mask, training=training)
         return self._logits(x)  # (B, T, V)
 
+    def attention_maps(self, source, target_in):
+        """(B, T, S): the last decoder block's cross-attention, mean over heads."""
+        memory, source_mask = self._encode(source)
+        x = self.target_embedding(target_in)
+        target_mask = ops.not_equal(target_in, 0)
+        for block in self.decoder_blocks[:-1]:
+            x = block(x, encoder_outputs=memory, decoder_padding_mask=target_mask,
+                      encoder_padding_mask=source_mask)
+        _, scores = self.decoder_blocks[-1](
+            x, encoder_outputs=memory, decoder_padding_mask=target_mask,
+            encoder_padding_mask=source_mask, return_cross_attention_scores=True)
+        return ops.mean(scores, axis=1)
+
     def encode(self, source):
         """Decoding state for `step`: memory, its mask and an empty cache per layer."""
         memory, source_mask = self._encode(source, training=False)

@@ -137,6 +137,39 @@ class Translation(Task):
             "chrf": float(sacrebleu.corpus_chrf(hypotheses, [list(references)]).score),
         }
 
+    def pictures(self, model, splits, directory):
+        """Source x target attention heatmaps of a few validation sentences."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        directory.mkdir(parents=True, exist_ok=True)
+        sources = list(splits.validation[0][:3])
+        source_ids = tf.function(self.encode_source)(tf.constant(sources))  # (B, S)
+        output_ids = tf.function(lambda ids: self.translate_ids(model, ids))(source_ids)  # (B, L)
+        start = tf.fill([len(sources), 1], self.start_id)
+        target_in = tf.concat([start, tf.cast(output_ids[:, :-1], tf.int32)], axis=1)
+        target_in = tf.pad(target_in, [[0, 0], [0, self.target_length - target_in.shape[1]]])
+        maps = keras.ops.convert_to_numpy(model.attention_maps(source_ids, target_in))
+        source_vocab = self.source_tokenizer.get_vocabulary()
+        target_vocab = self.target_tokenizer.get_vocabulary()
+        paths = []
+        for i, row in enumerate(output_ids.numpy()):
+            src = [source_vocab[t] for t in source_ids[i].numpy() if t]
+            tgt = [target_vocab[t] for t in row if t]  # up to and including [END]
+            figure, axis = plt.subplots(figsize=(1 + 0.4 * len(src), 1 + 0.35 * len(tgt)))
+            axis.imshow(maps[i, : len(tgt), : len(src)], cmap="viridis", aspect="auto")
+            axis.set_xticks(range(len(src)), src, rotation=90)
+            axis.set_yticks(range(len(tgt)), tgt)
+            axis.set_xlabel("source")
+            axis.set_ylabel("translation")
+            figure.tight_layout()
+            paths.append(directory / f"attention_{i}.png")
+            figure.savefig(paths[-1], dpi=100)
+            plt.close(figure)
+        return paths
+
     # ------------------------------------------------------------------ serving
     def export(self, model, path):
         archive = keras.export.ExportArchive()
