@@ -279,6 +279,7 @@ class TrainerConfig:
     deterministic: bool = False
     checkpoint_every_steps: Optional[int] = None
     max_nan_recoveries: int = 0
+    eval_bleu_every: int = 0  # translation: validation BLEU every N epochs (0 = off)
     verbose: bool = True
 
 

@@ -151,7 +151,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         checkpoints = CheckpointHook(run_dir / "checkpoints", model, optimizer, write=chief)
         early = EarlyStopping(cfg.task.monitor, tcfg.early_stopping_patience, task.monitor_mode)
         trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
-                          jit_compile=tcfg.jit_compile, hooks=[early, checkpoints, MlflowHook(tracker)],
+                          jit_compile=tcfg.jit_compile,
+                          hooks=[*task.hooks(model, splits), early, checkpoints, MlflowHook(tracker)],
                           verbose=tcfg.verbose)
         checkpoints.restore(trainer)
         trainer.fit(train_ds, val_ds, tcfg.epochs, steps, tcfg.eval_steps)

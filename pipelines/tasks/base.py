@@ -72,6 +72,11 @@ class Task(abc.ABC):
     def evaluate(self, model: keras.Model, pair: tuple[list, list], batch_size: int) -> dict:
         """The task metric(s) from the reference libraries, as plain floats."""
 
+    def hooks(self, model: keras.Model, splits: Splits) -> list:
+        """Extra trainer hooks (e.g. per-epoch validation BLEU); they run before the
+        others, so what they add to the epoch's logs is logged and can be monitored."""
+        return []
+
     def pictures(self, model: keras.Model, splits: Splits, directory) -> list:
         """Writes the task's PNGs (confusion matrix, overlays, attention maps) into
         `directory` and returns their paths; run() logs them to MLflow. None by default."""

@@ -15,6 +15,7 @@ import tensorflow as tf
 from pipelines.data import Splits
 from pipelines.decoding import decode
 from pipelines.tasks.base import Task
+from pipelines.trainer import Hook
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED = [PAD, UNK, START, END]  # ids 0..3 in both vocabularies
@@ -137,6 +138,10 @@ class Translation(Task):
             "chrf": float(sacrebleu.corpus_chrf(hypotheses, [list(references)]).score),
         }
 
+    def hooks(self, model, splits):
+        every = self.cfg.trainer.eval_bleu_every
+        return [ValidationBleu(self, model, splits.validation, every)] if every else []
+
     def pictures(self, model, splits, directory):
         """Source x target attention heatmaps of a few validation sentences."""
         import matplotlib
@@ -182,3 +187,18 @@ class Translation(Task):
 
     def serve_in_process(self, model, inputs):
         return {"translation": np.array(self.translate(model, list(inputs)), dtype=object)}
+
+
+class ValidationBleu(Hook):
+    """`trainer.eval_bleu_every=N`: BLEU on up to 200 validation sentences every N epochs,
+    added to the epoch's logs as `val_bleu` (so `task.monitor=val_bleu` works)."""
+
+    def __init__(self, task: Translation, model, pair, every: int, sample: int = 200):
+        self.task, self.model, self.every = task, model, every
+        self.sources, self.references = list(pair[0][:sample]), list(pair[1][:sample])
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if (epoch + 1) % self.every:
+            return
+        hypotheses = self.task.translate(self.model, self.sources)
+        logs["val_bleu"] = float(sacrebleu.corpus_bleu(hypotheses, [self.references]).score)

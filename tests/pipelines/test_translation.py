@@ -105,8 +105,11 @@ def _serve_in_fresh_process(saved_model, texts):
 def test_export_serves_the_same_translations_in_a_fresh_process(model, tmp_path):
     extra = SMALL if model == "transformer" else ["model.units=16", "model.embedding_dim=16"]
     cfg = _cfg(f"model={model}", *extra, "debug=smoke", "trainer.steps_per_epoch=20",
-               "data.limit=64", "task.vocabulary_size=300", "decode.beam_size=2")
+               "data.limit=64", "task.vocabulary_size=300", "decode.beam_size=2",
+               "trainer.eval_bleu_every=1", "task.monitor=val_bleu")
     result = execute(cfg, tmp_path)
+    history = json.loads((tmp_path / "checkpoints" / "trainer_state.json").read_text())["history"]
+    assert 0 <= history[0]["val_bleu"] <= 100  # per-epoch validation BLEU, monitored
     sources = [row["source"] for row in json.loads((tmp_path / "samples.json").read_text())[:4]]
     expected = [str(t) for t in result.task.serve_in_process(result.model, sources)["translation"]]
     assert _serve_in_fresh_process(tmp_path / "saved_model", sources) == expected
