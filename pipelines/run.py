@@ -65,6 +65,9 @@ class CheckpointHook(Hook):
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), 2)
         self.state_file = self.directory / "trainer_state.json"
         self.write = write
+        # The best epoch's weights, so that a resumed run still ends on them.
+        self.best = tf.train.Checkpoint(model=model)
+        self.best_prefix = str(self.directory / "best" / "weights")
 
     def restore(self, trainer: Trainer) -> bool:
         if not (self.manager.latest_checkpoint and self.state_file.exists()):
@@ -75,10 +78,19 @@ class CheckpointHook(Hook):
                  trainer.state["epoch"])
         return True
 
+    def restore_best(self) -> bool:
+        """Loads the best epoch's weights saved by an earlier (interrupted) process."""
+        if not pathlib.Path(self.best_prefix + ".index").exists():
+            return False
+        self.best.read(self.best_prefix).expect_partial()
+        return True
+
     def on_epoch_end(self, trainer, epoch, logs):
         if not self.write:
             return
         self.manager.save(checkpoint_number=epoch + 1)
+        if trainer.state.get("best_epoch") == epoch:
+            self.best.write(self.best_prefix)
         # The state file is written after the weights: a kill in between resumes one epoch
         # early, never with weights older than the state claims.
         tmp = self.state_file.with_suffix(".tmp")
@@ -149,7 +161,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         tracker.log_metrics({"parameters": model.count_params()})
 
         checkpoints = CheckpointHook(run_dir / "checkpoints", model, optimizer, write=chief)
-        early = EarlyStopping(cfg.task.monitor, tcfg.early_stopping_patience, task.monitor_mode)
+        early = EarlyStopping(cfg.task.monitor, tcfg.early_stopping_patience, task.monitor_mode,
+                              restore_saved=checkpoints.restore_best)
         trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
                           jit_compile=tcfg.jit_compile,
                           hooks=[*task.hooks(model, splits), early, checkpoints, MlflowHook(tracker)],

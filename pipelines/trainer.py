@@ -45,9 +45,11 @@ class EarlyStopping(Hook):
     `trainer.state` so that a resumed run keeps counting where it stopped.
     """
 
-    def __init__(self, monitor: str, patience: int | None, mode: str = "max"):
+    def __init__(self, monitor: str, patience: int | None, mode: str = "max",
+                 restore_saved: Callable[[], bool] | None = None):
         self.monitor, self.patience, self.mode = monitor, patience, mode
         self.best_weights = None
+        self.restore_saved = restore_saved  # loads the best weights after a resume
 
     def _better(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -75,8 +77,10 @@ class EarlyStopping(Hook):
     def on_train_end(self, trainer, logs):
         if self.best_weights is not None:
             trainer.model.set_weights(self.best_weights)
-            log.info("restored the weights of epoch %d (%s=%.4f)",
-                     trainer.state["best_epoch"] + 1, self.monitor, trainer.state["best"])
+        elif not (self.restore_saved and "best_epoch" in trainer.state and self.restore_saved()):
+            return
+        log.info("restored the weights of epoch %d (%s=%.4f)",
+                 trainer.state["best_epoch"] + 1, self.monitor, trainer.state["best"])
 
 
 class Trainer:

@@ -125,3 +125,24 @@ def test_nan_loss_is_a_clear_error():
     train, _ = _datasets()
     with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
         trainer.fit(train, None, epochs=1, steps_per_epoch=2)
+
+
+def test_resumed_run_still_ends_on_the_best_epochs_weights(tmp_path):
+    train, val = _datasets()
+
+    def trainer_with_hooks(seed):
+        trainer = _trainer(tf.distribute.get_strategy(), lr=0.1, seed=seed)
+        checkpoints = CheckpointHook(tmp_path, trainer.model, trainer.optimizer)
+        # mode="min" on accuracy makes an early epoch the "best", unlike the last one.
+        early = EarlyStopping("val_accuracy", None, mode="min", restore_saved=checkpoints.restore_best)
+        trainer.hooks += [early, checkpoints]
+        return trainer, checkpoints
+
+    first, _ = trainer_with_hooks(0)
+    first.fit(train, val, epochs=3, steps_per_epoch=4)
+    assert first.state["best_epoch"] < 2
+    second, checkpoints = trainer_with_hooks(1)
+    assert checkpoints.restore(second)  # the last epoch's weights...
+    second.fit(train, val, epochs=3, steps_per_epoch=4)  # ...nothing left to train
+    for w1, w2 in zip(first.model.get_weights(), second.model.get_weights()):
+        np.testing.assert_array_equal(w1, w2)  # ...and both end on the best epoch's
