@@ -149,13 +149,16 @@ class Trainer:
     def _distributed(self, replica_step, jit_compile):
         strategy = self.strategy
 
+        # The steps hold no Python control flow on tensors, so AutoGraph has nothing to
+        # convert; skipping it also keeps a long run immune to source edits on disk.
+        @tf.autograph.experimental.do_not_convert
         def float_step(x, y):
             stats = replica_step(x, y)
             return {name: tuple(tf.cast(v, tf.float32) for v in pair) for name, pair in stats.items()}
 
         replica_fn = tf.function(float_step, jit_compile=True) if jit_compile else float_step
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(batch):
             x, y = batch
             per_replica = strategy.run(replica_fn, args=(x, y))
