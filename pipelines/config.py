@@ -75,8 +75,8 @@ class SentimentTask(TaskConfig):
 
 @dataclass
 class TranslationTask(TaskConfig):
-    source_length: int = 40
-    target_length: int = 40
+    source_length: int = 32
+    target_length: int = 32
     vocabulary_size: int = 4000
     lowercase: bool = False
 
