@@ -124,19 +124,19 @@ SMOKE = ["task=sentiment", "debug=smoke", "logger.log_model=false", "export.enab
 
 def test_multirun_makes_one_parent_and_a_child_per_job_then_compare(mlflow_server, tmp_path):
     sweep = tmp_path / "sweep"
-    result = _run(["-m", "pipelines", "-m", "model=lstm,gru", *SMOKE, f"hydra.sweep.dir={sweep}",
+    result = _run(["-m", "pipelines", "-m", "model=lstm,gru,transformer", *SMOKE, f"hydra.sweep.dir={sweep}",
                    f"logger.tracking_uri={mlflow_server.uri}", "logger.experiment_name=e2e-multirun"])
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow_server.client()
     runs, (parent,), children = _sweep_runs(client, "e2e-multirun")
-    assert len(runs) == 3 and len(children) == 2
+    assert len(runs) == 4 and len(children) == 3
     parent_id = parent.info.run_id
     assert all(c.data.tags["mlflow.parentRunId"] == parent_id == c.data.tags["sweep_id"]
                for c in children)
     assert sorted((c.data.tags["job_num"], c.data.tags["model"]) for c in children) == [
-        ("0", "lstm"), ("1", "gru")]
+        ("0", "lstm"), ("1", "gru"), ("2", "transformer")]
     assert all(c.info.status == "FINISHED" for c in runs)
-    assert "model=lstm,gru" in parent.data.tags["sweep_overrides"]
+    assert "model=lstm,gru,transformer" in parent.data.tags["sweep_overrides"]
     assert (sweep / "mlflow_parent_run_id").read_text() == parent_id
 
     plot = tmp_path / "compare.png"
@@ -144,14 +144,14 @@ def test_multirun_makes_one_parent_and_a_child_per_job_then_compare(mlflow_serve
                      mlflow_server.uri, "--plot", str(plot)])
     assert compared.returncode == 0, compared.stderr[-2000:]
     lines = compared.stdout.splitlines()
-    assert "2 runs, best first by accuracy" in lines[0]
+    assert "3 runs, best first by accuracy" in lines[0]
     header = lines[1].split()
     assert header[:4] == ["run", "run_id", "task", "model"] and "model.cell" in header
     assert {"accuracy", "macro_f1", "duration_s"} <= set(header)
-    rows = [line.split() for line in lines[3:5]]
+    rows = [line.split() for line in lines[3:6]]
     accuracy = [float(row[header.index("accuracy")]) for row in rows]
     assert accuracy == sorted(accuracy, reverse=True)
-    assert {row[0] for row in rows} == {"lstm-0", "gru-1"}
+    assert {row[0] for row in rows} == {"lstm-0", "gru-1", "transformer-2"}
     assert {row[1] for row in rows} == {c.info.run_id[:8] for c in children}
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
