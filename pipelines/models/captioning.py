@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 import layers
@@ -77,14 +78,18 @@ class RecurrentCaptioner(keras.Model):
             raise ValueError(f"model.cell must be one of {sorted(cells)}; received {cell!r}")
         self.cell_name, self.units = cell, units
         self.encoder = grid_encoder(image_size, encoder_filters, units, encoder_norm)
+        grid_shape = self.encoder.output_shape  # (None, N, U)
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
         self.initial = [keras.layers.Dense(units, activation="tanh", name=f"initial_{i}")
                         for i in range(self.num_states)]
-        self.query = keras.layers.Dense(units, use_bias=False, name="query")
         # units=None: score = v . tanh(query + key); the W1/W2 projections are `query` (per
         # step) and the grid encoder's output (once per image), which is cheaper.
+        self.query = keras.layers.Dense(units, use_bias=False, name="query")
         self.attention = layers.AdditiveAttention(units=None, name="attention")
         self.cell = cells[cell](units, name=f"{cell}_cell")
+        # The recurrent part runs inside a tf.while_loop, where no variable may be created.
+        self.query.build((None, units))
+        self.attention.build((None, 1, units), grid_shape)
         self.cell.build((None, embedding_dim + units))
         self.dropout = keras.layers.Dropout(dropout)
         self.combine = keras.layers.Dense(embedding_dim, activation="tanh", name="combine")
@@ -99,28 +104,48 @@ class RecurrentCaptioner(keras.Model):
         mean = ops.mean(memory, axis=1)  # (B, U)
         return memory, [dense(mean) for dense in self.initial]
 
-    def _step(self, embedded, states, memory, training=None):
-        """embedded (B, E), states [(B, U)...] -> logits (B, V), states, weights (B, N)."""
+    def _recur(self, embedded, states, memory):
+        """One step: the last hidden state attends over the grid, the context and the word
+        enter the cell. embedded (B, E) -> h (B, U), context (B, U), weights (B, N), states."""
         query = self.query(states[0])[:, None, :]  # (B, 1, U)
         context, weights = self.attention(query, memory, return_scores=True)  # (B, 1, U), (B, 1, N)
         context = context[:, 0]
         x = ops.concatenate([embedded, context], axis=-1)  # (B, E + U)
         h, states = self.cell.step(self.cell.input_projection(x), list(states))  # (B, U)
-        out = self.combine(ops.concatenate([h, context, embedded], axis=-1))  # (B, E)
-        logits = self.head(self.dropout(out, training=training))  # (B, V)
-        return logits, states, weights[:, 0]
+        return h, context, weights[:, 0], states
+
+    def _output(self, h, context, embedded, training=None):
+        """Deep output layer: tanh(W [h; context; embedding]) -> logits, (B, [T,] V)."""
+        out = self.combine(ops.concatenate([h, context, embedded], axis=-1))
+        return self.head(self.dropout(out, training=training))
 
     def _teacher_forced(self, images, target_in, training=None):
+        """Logits (B, T, V) and attention weights (B, T, N) for the given decoder inputs.
+
+        Outputs at a position never depend on later positions, so padding after [END]
+        changes nothing before it; the loss masks the padded positions themselves."""
         memory, states = self._start(images, training)
         embedded = self.dropout(self.embedding(target_in), training=training)  # (B, T, E)
-        # Outputs at a position never depend on later positions, so padding after [END]
-        # changes nothing before it; the loss masks the padded positions themselves.
-        all_logits, all_weights = [], []
-        for t in range(target_in.shape[1]):
-            logits, states, weights = self._step(embedded[:, t], states, memory, training)
-            all_logits.append(logits)
-            all_weights.append(weights)
-        return ops.stack(all_logits, axis=1), ops.stack(all_weights, axis=1)  # (B, T, V), (B, T, N)
+        steps = target_in.shape[1]
+        time_major = ops.transpose(embedded, (1, 0, 2))  # (T, B, E)
+        inputs_ta = tf.TensorArray(embedded.dtype, size=steps,
+                                   element_shape=time_major.shape[1:]).unstack(time_major)
+
+        def body(t, states, h_ta, context_ta, weights_ta):
+            h, context, weights, states = self._recur(inputs_ta.read(t), list(states), memory)
+            return (t + 1, tuple(states), h_ta.write(t, h), context_ta.write(t, context),
+                    weights_ta.write(t, weights))
+
+        batch = memory.shape[0]
+        arrays = [tf.TensorArray(memory.dtype, size=steps, element_shape=(batch, width))
+                  for width in (self.units, self.units, memory.shape[1])]
+        # Every step needs the last one's state, so iterations cannot overlap anyway; and
+        # overlapping ones (the default 10) corrupted the heap in the backward pass here.
+        _, _, *arrays = tf.while_loop(lambda t, *_: t < steps, body,
+                                      (tf.constant(0), tuple(states), *arrays),
+                                      maximum_iterations=steps, parallel_iterations=1)
+        h, context, weights = (ops.transpose(a.stack(), (1, 0, 2)) for a in arrays)  # (B, T, .)
+        return self._output(h, context, embedded, training), weights
 
     def call(self, inputs, training=None):
         return self._teacher_forced(inputs["image"], inputs["target_in"], training)[0]
@@ -135,9 +160,9 @@ class RecurrentCaptioner(keras.Model):
 
     def step(self, token_ids, state, index):
         """token_ids (N,) -> logits (N, V); the recurrent state is the cache."""
-        logits, states, _ = self._step(self.embedding(token_ids), state["states"],
-                                       state["memory"])
-        return logits, {**state, "states": states}
+        embedded = self.embedding(token_ids)  # (N, E)
+        h, context, _, states = self._recur(embedded, state["states"], state["memory"])
+        return self._output(h, context, embedded), {**state, "states": states}
 
 
 class TransformerCaptioner(keras.Model):
@@ -223,37 +248,7 @@ class TransformerCaptioner(keras.Model):
         memory = self._memory(images, training=False)
         padding_mask = ops.not_equal(target_in, 0)
         x = self.target_embedding(target_in)
-        for block in self.decoder_blocks[:-1]:
-            x = block(x, encoder_outputs=memory, decoder_padding_mask=padding_mask)
-        _, weights = last_block_cross_attention(self.decoder_blocks[-1], x, memory, padding_mask)
+        for block in self.decoder_blocks:
+            x, weights = block(x, encoder_outputs=memory, decoder_padding_mask=padding_mask,
+                               return_cross_attention_scores=True)  # (B, T, D), (B, H, T, N)
         return ops.mean(weights, axis=1)
-
-
-def last_block_cross_attention(block, x, memory, padding_mask):
-    """Runs `block` (a `layers.TransformerDecoderBlock`, inference) sublayer by sublayer and
-    returns `(outputs (B, T, D), cross-attention weights (B, H, T, N))`.
-
-    The block returns no attention weights, so this repeats its `call` in the same order;
-    `tests/pipelines/test_captioning.py` checks that the outputs equal `block(x, ...)`.
-    """
-    residual = x
-    if block.normalize_first:
-        x = block.self_attention_norm(x)
-    x = block.self_attention(x, x, padding_mask=padding_mask, use_causal_mask=True)
-    x = x + residual
-    if not block.normalize_first:
-        x = block.self_attention_norm(x)
-    residual = x
-    if block.normalize_first:
-        x = block.cross_attention_norm(x)
-    x, weights = block.cross_attention_layer(x, memory, return_scores=True)
-    x = x + residual
-    if not block.normalize_first:
-        x = block.cross_attention_norm(x)
-    residual = x
-    if block.normalize_first:
-        x = block.feedforward_norm(x)
-    x = block.feedforward_output(block.feedforward_intermediate(x)) + residual
-    if not block.normalize_first:
-        x = block.feedforward_norm(x)
-    return x, weights

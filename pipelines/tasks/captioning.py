@@ -26,7 +26,7 @@ from pipelines.data import Splits
 from pipelines.decoding import decode
 from pipelines.metrics import caption_bleu
 from pipelines.tasks.base import Task
-from pipelines.tasks.segmentation import decode_images, resize_image
+from pipelines.tasks.segmentation import _plain, decode_images, resize_image
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,14 @@ class WordPieceTokenizer:
         return [self.tokenizer]
 
 
+def caption_loss(y_true, y_pred):
+    """Per caption (B,): cross-entropy averaged over its own tokens ([END] included, 0 =
+    padding), so the amount of padding never changes a caption's loss."""
+    mask = tf.cast(tf.not_equal(y_true, 0), tf.float32)  # (B, T)
+    token_loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+    return tf.reduce_sum(token_loss * mask, axis=-1) / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+
+
 class Captioning(Task):
     """An image in, a caption out: CNN grid encoder + attentive decoder, beam search."""
 
@@ -173,7 +181,7 @@ class Captioning(Task):
             pixels = tf.constant(images)
             ds = tf.data.Dataset.from_tensor_slices((rows.astype(np.int32), table[rows, columns]))
             ds = ds.shuffle(len(rows), seed=self.seed, reshuffle_each_iteration=True).repeat()
-            ds = ds.map(lambda row, caption: (tf.gather(pixels, row), caption),
+            ds = ds.map(_plain(lambda row, caption: (tf.gather(pixels, row), caption)),
                         num_parallel_calls=tf.data.AUTOTUNE)
         else:
             ds = tf.data.Dataset.from_tensor_slices((images, table, counts))
@@ -182,14 +190,15 @@ class Captioning(Task):
             def pick(image, captions, count):  # one random reference per visit
                 return image, captions[tf.random.uniform([], 0, count, tf.int32)]
 
-            ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(_plain(pick), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=training)
 
         def to_tensors(image, full):
             x = {"image": tf.cast(image, tf.float32), "target_in": full[:, :-1]}
             return x, full[:, 1:]
 
-        return ds.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return ds.map(_plain(to_tensors),
+                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> keras.Model:
@@ -201,12 +210,7 @@ class Captioning(Task):
         return model
 
     def loss(self, y_true, y_pred):
-        """Cross-entropy averaged over each caption's own tokens ([END] included), so the
-        amount of padding never changes a caption's loss."""
-        mask = tf.cast(tf.not_equal(y_true, 0), tf.float32)  # (B, T)
-        token_loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
-        return tf.reduce_sum(token_loss * mask, axis=-1) / tf.maximum(
-            tf.reduce_sum(mask, axis=-1), 1.0)
+        return caption_loss(y_true, y_pred)
 
     def stats(self, y_true, y_pred):
         """Next-token accuracy on valid positions: a monitoring signal only."""
@@ -232,7 +236,7 @@ class Captioning(Task):
     def describe(self, model, images: np.ndarray, batch_size: int = 128) -> list[str]:
         """uint8 (N, S, S, 3) -> one caption per image."""
         fn = tf.function(lambda x: self.detokenize(self.caption_ids(model, x)),
-                         reduce_retracing=True)
+                         reduce_retracing=True, autograph=False)
         out = []
         for start in range(0, len(images), batch_size):
             batch = tf.cast(images[start:start + batch_size], tf.float32)

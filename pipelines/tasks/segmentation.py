@@ -32,6 +32,13 @@ def _value(option) -> str:
     return str(getattr(option, "value", option))
 
 
+def _plain(fn):
+    """`fn` for tf.data / tf.function without AutoGraph: it has no tensor-dependent Python
+    control flow, and AutoGraph re-reads source files, which may have changed on disk
+    since this process started."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 # ----------------------------------------------------------------------------- image helpers
 # Training and serving resize the same way: bilinear with antialiasing for images (any size
 # in, S x S out), nearest neighbours for masks (labels are never blended).
@@ -158,9 +165,9 @@ class Segmentation(Task):
         if training:
             ds = ds.shuffle(len(images), seed=self.seed, reshuffle_each_iteration=True).repeat()
             if self.task_cfg.augment:
-                ds = ds.map(self.augment, num_parallel_calls=tf.data.AUTOTUNE)
+                ds = ds.map(_plain(self.augment), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=training)
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.int32)),
+        ds = ds.map(_plain(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.int32))),
                     num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -195,7 +202,8 @@ class Segmentation(Task):
     def predict_masks(self, model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> int32 (N, S, S) argmax masks."""
         forward = tf.function(lambda x: tf.argmax(model(x, training=False), -1,
-                                                  output_type=tf.int32), reduce_retracing=True)
+                                                  output_type=tf.int32),
+                              reduce_retracing=True, autograph=False)
         return np.concatenate([
             forward(tf.cast(images[start:start + batch_size], tf.float32)).numpy()
             for start in range(0, len(images), batch_size)
