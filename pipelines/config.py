@@ -181,7 +181,7 @@ class UNetModel(ModelConfig):
 
 @dataclass
 class CnnModel(ModelConfig):
-    filters: list[int] = field(default_factory=lambda: [32, 64, 128])  # one stage each
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # one stage each
     num_convs: int = 2  # convs per ConvBlock
     kernel_size: int = 3
     residual: bool = True
@@ -196,7 +196,8 @@ class VitModel(ModelConfig):
     num_heads: int = 4
     intermediate_dim: int = 128
     num_layers: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.0
+    shifted_patches: bool = True  # Shifted Patch Tokenization (Lee et al., 2021)
 
 
 @dataclass

@@ -26,7 +26,7 @@ class Cnn:
         dropout: dropout before the task head (tasks read `factory.dropout`).
     """
 
-    def __init__(self, filters=(32, 64, 128), num_convs: int = 2, kernel_size: int = 3,
+    def __init__(self, filters=(16, 32, 64, 128), num_convs: int = 2, kernel_size: int = 3,
                  residual: bool = True, norm: str | None = "batch", dropout: float = 0.1):
         filters = list(filters)
         if not filters or any(not isinstance(f, int) or f <= 0 for f in filters):

@@ -2,7 +2,7 @@
 or more classes, `top5_accuracy` (scikit-learn).
 
 Raw inputs are uint8 images (H, W, 3), as a list of arrays (any sizes) or one array
-(N, H, W, 3); targets are label strings. Every image is resized to `task.image_size` with
+(N, H, W, 3), or encoded image bytes; targets are label strings. Every image is resized to `task.image_size` with
 the same op in training and in serving (`resize`), and the model normalises pixels itself
 (a `Normalization` layer holding the training split's per-channel mean and variance), so
 the SavedModel takes encoded image bytes of any size and needs no client-side preprocessing.
@@ -107,6 +107,9 @@ class ImageClassification(Task):
         in the tf.data pipeline), else each resized to (S, S) here (float32)."""
         if isinstance(images, np.ndarray) and images.ndim == 4:
             return images
+        if any(isinstance(image, bytes) for image in images):  # encoded: the serving decoder
+            images = [tf.io.decode_image(image, channels=3, expand_animations=False).numpy()
+                      if isinstance(image, bytes) else image for image in images]
         shapes = {np.shape(image) for image in images}
         for index, image in enumerate(images[:1] if len(shapes) == 1 else images):
             if np.ndim(image) != 3 or np.shape(image)[-1] != 3:
