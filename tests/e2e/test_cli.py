@@ -100,3 +100,21 @@ def test_malformed_data_file_names_file_and_line(tmp_path):
     assert result.returncode != 0
     assert f"{bad}:3: expected 'LABEL TEXT'" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("model", ["cnn", "vit"])
+def test_vision_smoke_serves_image_bytes(model, tmp_path):
+    import numpy as np
+
+    run_dir = tmp_path / "run"
+    result, seconds = _cli("task=image_classification", f"model={model}", "debug=smoke",
+                           "logger=none", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"smoke took {seconds:.0f}s")  # the < 60 s goal is timed by benchmarks, not asserted
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "top5_accuracy"} and 0 <= metrics["accuracy"] <= 1
+    assert (run_dir / "pictures" / "confusion_matrix.png").exists()
+    serve = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    out = serve(image_bytes=tf.stack([tf.io.encode_png(pixels), tf.io.encode_jpeg(pixels)]))
+    assert out["label"].dtype == tf.string and out["probabilities"].shape == (2, 6)
