@@ -34,7 +34,10 @@ def predict(saved_model: str, inputs: list[str]) -> list[dict]:
     serve = loaded.signatures["serving_default"]
     (input_name,) = serve.structured_input_signature[1].keys()
     if input_name == "image_bytes":
-        batch = [tf.io.read_file(path) for path in inputs]
+        batch = []
+        for path in inputs:
+            with open(path, "rb") as handle:
+                batch.append(handle.read())
     else:
         batch = inputs
     outputs = serve(**{input_name: tf.constant(batch)})
