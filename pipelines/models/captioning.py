@@ -1,7 +1,7 @@
 """Image captioning networks: a CNN grid encoder and two decoders over its grid.
 
 - `grid_encoder`: pixels (B, S, S, 3) -> a grid of features (B, N, D), N = (S / 2^L)^2,
-  from strided residual `layers.ConvBlock`s, with a learned position per cell (so that
+  from strided `layers.ConvBlock`s, with a learned position per cell (so that
   "left of" and "in the top right" can be read off the grid).
 - `RecurrentCaptioner` (`model=lstm|gru`): Show, Attend and Tell (Xu et al., 2015). At every
   step the previous hidden state attends over the grid (`layers.AdditiveAttention`), the
@@ -32,7 +32,7 @@ def grid_encoder(image_size: int, filters: Sequence[int], dim: int,
                  norm: str | None = "batch", name: str = "grid_encoder") -> keras.Model:
     """Pixels (B, S, S, 3) in [0, 255] -> grid features (B, N, dim).
 
-    Each entry of `filters` is one residual ConvBlock with stride 2, so the grid side is
+    Each entry of `filters` is one ConvBlock with stride 2, so the grid side is
     S / 2^len(filters); a dense layer maps the channels to `dim`, and a learned embedding
     adds each cell's position.
     """
@@ -46,7 +46,9 @@ def grid_encoder(image_size: int, filters: Sequence[int], dim: int,
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(pixels)
     for index, width in enumerate(filters):
-        x = layers.ConvBlock(int(width), strides=2, norm=norm, residual=True,
+        # Not residual: the 1x1 stride-2 projection's input gradient (Conv2DBackpropInput)
+        # corrupts the heap under oneDNN in TF 2.21 (segfaults within ~60 steps here).
+        x = layers.ConvBlock(int(width), strides=2, norm=norm,
                              name=f"conv_{index}")(x)  # (B, S / 2^(i+1), S / 2^(i+1), F_i)
     x = keras.layers.Reshape((side * side, int(filters[-1])), name="to_grid")(x)  # (B, N, F)
     x = keras.layers.Dense(dim, activation="relu", name="grid_projection")(x)  # (B, N, D)
@@ -139,11 +141,9 @@ class RecurrentCaptioner(keras.Model):
         batch = memory.shape[0]
         arrays = [tf.TensorArray(memory.dtype, size=steps, element_shape=(batch, width))
                   for width in (self.units, self.units, memory.shape[1])]
-        # Every step needs the last one's state, so iterations cannot overlap anyway; and
-        # overlapping ones (the default 10) corrupted the heap in the backward pass here.
         _, _, *arrays = tf.while_loop(lambda t, *_: t < steps, body,
                                       (tf.constant(0), tuple(states), *arrays),
-                                      maximum_iterations=steps, parallel_iterations=1)
+                                      maximum_iterations=steps)
         h, context, weights = (ops.transpose(a.stack(), (1, 0, 2)) for a in arrays)  # (B, T, .)
         return self._output(h, context, embedded, training), weights
 

@@ -20,8 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.data import Splits
+from pipelines.data.files import DataFileError
+from pipelines.data.images import decode_image
 from pipelines.metrics import confusion_matrix, per_class_iou, segmentation_scores
 from pipelines.tasks.base import Task
+from pipelines.tasks.image_classification import decode, resize
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +43,37 @@ def _plain(fn):
 
 
 # ----------------------------------------------------------------------------- image helpers
-# Training and serving resize the same way: bilinear with antialiasing for images (any size
-# in, S x S out), nearest neighbours for masks (labels are never blended).
+# Training and serving decode and resize with image_classification's helpers (bilinear with
+# antialiasing, any size in, S x S out); masks use nearest neighbours (labels never blend).
 def load_image(image) -> np.ndarray:
-    """An image array, or encoded bytes (decoded as the export does; TIFF via Pillow) ->
-    uint8 (H, W, 3)."""
+    """An image array, or encoded bytes (decoded by the serving decoder; TIFF, which it
+    cannot read, by Pillow) -> uint8 (H, W, 3)."""
     if isinstance(image, (bytes, np.bytes_)):
         try:
-            return tf.io.decode_image(image, channels=3, expand_animations=False).numpy()
-        except tf.errors.InvalidArgumentError:  # a format TF cannot decode (TIFF)
+            return decode_image(image)
+        except DataFileError:
             import io
 
-            from PIL import Image
+            from PIL import Image, UnidentifiedImageError
 
-            with Image.open(io.BytesIO(image)) as decoded:
-                return np.array(decoded.convert("RGB"))
-    return np.asarray(image)
+            try:
+                with Image.open(io.BytesIO(image)) as decoded:
+                    return np.array(decoded.convert("RGB"))
+            except UnidentifiedImageError:
+                raise DataFileError("an image cannot be decoded (expected PNG, JPEG, GIF, "
+                                    "BMP or TIFF bytes)") from None
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
 
 
 def resize_image(image, size: int) -> np.ndarray:
-    """uint8 (H, W), (H, W, 1|3|4), or encoded bytes -> float32 (size, size, 3)."""
+    """uint8 (H, W), (H, W, 1|3|4), or encoded bytes -> float32 (size, size, 3), rounded."""
     image = load_image(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    image = image[..., :3]
     if image.shape[:2] == (size, size):
         return image.astype(np.float32)
-    return tf.image.resize(image, [size, size], method="bilinear", antialias=True).numpy().round()
+    return resize(image, size).numpy().round()
 
 
 def resize_mask(mask, size: int) -> np.ndarray:
@@ -91,15 +96,9 @@ def resize_mask(mask, size: int) -> np.ndarray:
 
 def decode_images(image_bytes, size: int):
     """Encoded JPEG/PNG/GIF/BMP strings (B,) -> float32 (B, size, size, 3) in [0, 255], in
-    the graph; grey images get three channels and alpha is dropped."""
-
-    def one(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)  # (H, W, 3)
-        image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-        return tf.round(image)
-
-    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec(
-        [size, size, 3], tf.float32))
+    the graph (image_classification's `decode`, per image)."""
+    return tf.map_fn(lambda data: decode(data, size), image_bytes,
+                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
 class Segmentation(Task):
