@@ -24,9 +24,10 @@ import tensorflow as tf
 
 from pipelines.data import Splits
 from pipelines.decoding import decode
-from pipelines.metrics import caption_bleu
+from pipelines.metrics import caption_bleu, corpus_bleu
 from pipelines.tasks.base import Task
 from pipelines.tasks.segmentation import _plain, decode_images, resize_image
+from pipelines.trainer import Hook
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,10 @@ class Captioning(Task):
                         for h, refs in zip(hypotheses[:20], references[:20])]
         return caption_bleu(hypotheses, references)
 
+    def hooks(self, model, splits):
+        every = self.cfg.trainer.get("eval_bleu_every", 0)
+        return [ValidationBleu(self, model, splits.validation, every)] if every else []
+
     def pictures(self, model, splits, directory):
         """`attention_<i>.png`: the image, then per generated word where the decoder looked."""
         import matplotlib
@@ -322,3 +327,20 @@ class Captioning(Task):
     def serve_in_process(self, model, inputs):
         outputs = self._serving_fn(model)(tf.constant(inputs))
         return {k: v.numpy() for k, v in outputs.items()}
+
+
+class ValidationBleu(Hook):
+    """`trainer.eval_bleu_every=N`: corpus BLEU-4 of up to 200 validation images every N
+    epochs, added to the epoch's logs as `val_bleu` (so `task.monitor=val_bleu` works)."""
+
+    def __init__(self, task: Captioning, model, pair, every: int, sample: int = 200):
+        self.task, self.model, self.every = task, model, every
+        self.images = task.images(pair)[:sample]
+        self.references = [[task.tokenizer.normalize(r) for r in refs] for refs in pair[1][:sample]]
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if (epoch + 1) % self.every:
+            return
+        hypotheses = self.task.describe(self.model, self.images)
+        logs["val_bleu"] = corpus_bleu(hypotheses, self.references, 4)
+

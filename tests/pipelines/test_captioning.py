@@ -135,9 +135,12 @@ TINY = {"gru": ["model.units=16", "model.embedding_dim=8"],
 @pytest.mark.parametrize("name", ["gru", "transformer"])
 def test_export_serves_the_same_captions_in_a_fresh_process(name, tmp_path):
     cfg = _cfg(f"model={name}", *TINY[name], "debug=smoke", "data.limit=64",
-               "task.encoder_filters=[8,8,8]", "decode.beam_size=2", "task.num_pictures=1")
+               "task.encoder_filters=[8,8,8]", "decode.beam_size=2", "task.num_pictures=1",
+               "trainer.eval_bleu_every=1", "task.monitor=val_bleu")
     result = execute(cfg, tmp_path)
     assert set(result.metrics) == {"bleu4", "bleu1"}
+    history = json.loads((tmp_path / "checkpoints" / "trainer_state.json").read_text())["history"]
+    assert 0 <= history[0]["val_bleu"] <= 100  # per-epoch validation BLEU, monitored
     assert (tmp_path / "pictures" / "attention_0.png").exists()
     rng = np.random.default_rng(5)
     images = [_png(rng.integers(0, 255, (64, 64, 3))), _png(rng.integers(0, 255, (30, 50)))]
