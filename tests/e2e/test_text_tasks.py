@@ -32,8 +32,8 @@ def test_smoke(task, model, tmp_path):
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == METRICS[task]
     assert (tmp_path / "saved_model" / "saved_model.pb").exists()
     if task == "translation":
-        assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == [
-            "attention_0.png", "attention_1.png", "attention_2.png"]
+        pictures = {p.name for p in (tmp_path / "pictures").iterdir()}
+        assert {"attention_0.png", "attention_1.png", "attention_2.png"} <= pictures
 
 
 def test_multi30k_files_transformer_end_to_end(shared_data, tmp_path):
