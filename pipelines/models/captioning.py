@@ -26,11 +26,16 @@ import tensorflow as tf
 from keras import ops
 
 import layers
+from pipelines.models.unet import input_scaling
 
 
 def grid_encoder(image_size: int, filters: Sequence[int], dim: int,
-                 norm: str | None = "batch", name: str = "grid_encoder") -> keras.Model:
+                 norm: str | None = "batch", name: str = "grid_encoder", mean=None,
+                 variance=None) -> keras.Model:
     """Pixels (B, S, S, 3) in [0, 255] -> grid features (B, N, dim).
+
+    `mean`/`variance`: per-channel statistics of the training pixels, to standardise the
+    input (`pipelines.models.unet.input_scaling`); without them pixels are scaled to [0, 1].
 
     Each entry of `filters` is one ConvBlock with stride 2, so the grid side is
     S / 2^len(filters); a dense layer maps the channels to `dim`, and a learned embedding
@@ -44,7 +49,7 @@ def grid_encoder(image_size: int, filters: Sequence[int], dim: int,
         )
     side = image_size // step
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(pixels)
+    x = input_scaling(mean, variance)(pixels)
     for index, width in enumerate(filters):
         # Not residual: the 1x1 stride-2 projection's input gradient (Conv2DBackpropInput)
         # corrupts the heap under oneDNN in TF 2.21 (segfaults within ~60 steps here).
@@ -68,18 +73,22 @@ class RecurrentCaptioner(keras.Model):
         units: hidden units U (also the grid feature width and attention size).
         dropout: on embeddings and before the output layer.
         encoder_norm: norm of the encoder's ConvBlocks.
+        pixel_mean, pixel_variance: per-channel training pixel statistics (see
+            `grid_encoder`).
 
     Call: `model({"image": (B, S, S, 3), "target_in": (B, T)})` -> logits (B, T, V).
     """
 
     def __init__(self, vocabulary_size, image_size, encoder_filters, cell="lstm",
-                 embedding_dim=128, units=128, dropout=0.0, encoder_norm="batch", **kwargs):
+                 embedding_dim=128, units=128, dropout=0.0, encoder_norm="batch",
+                 pixel_mean=None, pixel_variance=None, **kwargs):
         super().__init__(**kwargs)
         cells = {"lstm": layers.LSTMCell, "gru": layers.GRUCell}
         if cell not in cells:
             raise ValueError(f"model.cell must be one of {sorted(cells)}; received {cell!r}")
         self.cell_name, self.units = cell, units
-        self.encoder = grid_encoder(image_size, encoder_filters, units, encoder_norm)
+        self.encoder = grid_encoder(image_size, encoder_filters, units, encoder_norm,
+                                    mean=pixel_mean, variance=pixel_variance)
         grid_shape = self.encoder.output_shape  # (None, N, U)
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
         self.initial = [keras.layers.Dense(units, activation="tanh", name=f"initial_{i}")
@@ -178,18 +187,22 @@ class TransformerCaptioner(keras.Model):
         num_decoder_layers: decoder blocks.
         positional: "learned" or "sinusoidal" positions of the words.
         encoder_norm: norm of the encoder's ConvBlocks.
+        pixel_mean, pixel_variance: per-channel training pixel statistics (see
+            `grid_encoder`).
     """
 
     def __init__(self, vocabulary_size, caption_length, image_size, encoder_filters, hidden_dim,
                  num_heads, intermediate_dim, num_encoder_layers, num_decoder_layers, dropout=0.1,
-                 normalize_first=False, positional="learned", encoder_norm="batch", **kwargs):
+                 normalize_first=False, positional="learned", encoder_norm="batch",
+                 pixel_mean=None, pixel_variance=None, **kwargs):
         super().__init__(**kwargs)
         self.caption_length = caption_length
         self.num_heads, self.head_dim = num_heads, hidden_dim // num_heads
         self.normalize_first = normalize_first
         block = dict(hidden_dim=hidden_dim, num_heads=num_heads, intermediate_dim=intermediate_dim,
                      dropout=dropout, normalize_first=normalize_first)
-        self.encoder = grid_encoder(image_size, encoder_filters, hidden_dim, encoder_norm)
+        self.encoder = grid_encoder(image_size, encoder_filters, hidden_dim, encoder_norm,
+                                    mean=pixel_mean, variance=pixel_variance)
         self.encoder_blocks = [layers.TransformerEncoderBlock(**block, name=f"encoder_{i}")
                                for i in range(num_encoder_layers)]
         self.target_embedding = layers.TokenAndPositionEmbedding(

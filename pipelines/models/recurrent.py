@@ -71,7 +71,8 @@ class Recurrent:
         )
 
     def captioner(self, vocabulary_size: int, caption_length: int, image_size: int,
-                  encoder_filters, encoder_norm: str | None = "batch") -> keras.Model:
+                  encoder_filters, encoder_norm: str | None = "batch", mean=None,
+                  variance=None) -> keras.Model:
         """Show-attend-tell captioner: a CNN grid encoder, this cell with additive attention
         over the grid (`pipelines.models.captioning.RecurrentCaptioner`)."""
         from pipelines.models.captioning import RecurrentCaptioner
@@ -79,7 +80,8 @@ class Recurrent:
         return RecurrentCaptioner(
             vocabulary_size, image_size, encoder_filters, cell=self.cell,
             embedding_dim=self.embedding_dim, units=self.units, dropout=self.dropout,
-            encoder_norm=encoder_norm, name=f"{self.cell}_captioner",
+            encoder_norm=encoder_norm, pixel_mean=mean, pixel_variance=variance,
+            name=f"{self.cell}_captioner",
         )
 
 

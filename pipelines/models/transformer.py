@@ -69,7 +69,8 @@ class Transformer:
         )
 
     def captioner(self, vocabulary_size: int, caption_length: int, image_size: int,
-                  encoder_filters, encoder_norm: str | None = "batch") -> keras.Model:
+                  encoder_filters, encoder_norm: str | None = "batch", mean=None,
+                  variance=None) -> keras.Model:
         """A CNN grid encoder, `num_layers` encoder blocks over the grid, and decoder blocks
         with cross-attention (`pipelines.models.captioning.TransformerCaptioner`)."""
         from pipelines.models.captioning import TransformerCaptioner
@@ -77,8 +78,8 @@ class Transformer:
         return TransformerCaptioner(
             vocabulary_size, caption_length, image_size, encoder_filters,
             num_encoder_layers=self.num_layers, num_decoder_layers=self.num_decoder_layers,
-            positional=self.positional, encoder_norm=encoder_norm,
-            name="transformer_captioner", **self._block_kwargs(),
+            positional=self.positional, encoder_norm=encoder_norm, pixel_mean=mean,
+            pixel_variance=variance, name="transformer_captioner", **self._block_kwargs(),
         )
 
 

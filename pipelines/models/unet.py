@@ -30,8 +30,15 @@ class UNet:
         self.filters, self.depth, self.kernel_size = filters, depth, kernel_size
         self.norm, self.dropout = norm, dropout
 
-    def segmenter(self, image_size: int, num_classes: int, channels: int = 3) -> keras.Model:
-        """Pixels (B, S, S, channels) in [0, 255] -> per-pixel logits (B, S, S, C), float32."""
+    def segmenter(self, image_size: int, num_classes: int, channels: int = 3,
+                  mean=None, variance=None) -> keras.Model:
+        """Pixels (B, S, S, channels) in [0, 255] -> per-pixel logits (B, S, S, C), float32.
+
+        `mean`/`variance` (per channel, of the training pixels) standardise the input inside
+        the model; without them pixels are scaled to [0, 1]. Standardised inputs keep batch
+        norm's moving statistics close to the batch ones early in training, so validation
+        does not lag behind training for epochs.
+        """
         step = 2 ** self.depth
         if image_size % step:
             raise ValueError(
@@ -40,7 +47,7 @@ class UNet:
             )
         conv = dict(kernel_size=self.kernel_size, norm=self.norm)
         pixels = keras.Input((image_size, image_size, channels), name="pixels")
-        x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(pixels)  # (B, S, S, 3) in [0, 1]
+        x = input_scaling(mean, variance)(pixels)  # (B, S, S, 3), standardised
         skips = []
         for level in range(self.depth):
             x, skip = layers.DownBlock(self.filters * 2 ** level, **conv,
@@ -53,3 +60,11 @@ class UNet:
                                name=f"up_{level}")(x, skips[level])  # (B, S / 2^l, ...)
         logits = keras.layers.Conv2D(num_classes, 1, dtype="float32", name="head")(x)
         return keras.Model(pixels, logits, name="unet")  # (B, S, S, C)
+
+
+def input_scaling(mean=None, variance=None) -> keras.layers.Layer:
+    """Per-channel standardisation with the training pixels' statistics, or / 255."""
+    if mean is None:
+        return keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+    return keras.layers.Normalization(mean=mean, variance=variance, name="normalize")
+

@@ -26,7 +26,7 @@ from pipelines.data import Splits
 from pipelines.decoding import decode
 from pipelines.metrics import caption_bleu, corpus_bleu
 from pipelines.tasks.base import Task
-from pipelines.tasks.segmentation import _plain, decode_images, resize_image
+from pipelines.tasks.segmentation import _plain, decode_images, pixel_statistics, resize_image
 from pipelines.trainer import Hook
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ class Captioning(Task):
         self.max_decode = min(self.cfg.decode.max_length or self.caption_length,
                               self.caption_length)
         self._images: dict[int, np.ndarray] = {}
+        self.pixel_mean, self.pixel_variance = pixel_statistics(self.images(splits.train))
         log.info("captioning: %s vocabulary of %d tokens from %d captions", kind,
                  self.tokenizer.vocabulary_size(), len(texts))
 
@@ -205,7 +206,8 @@ class Captioning(Task):
     def build_model(self) -> keras.Model:
         model = self.backbone_factory().captioner(
             self.tokenizer.vocabulary_size(), self.caption_length, self.image_size,
-            list(self.task_cfg.encoder_filters), encoder_norm=self.task_cfg.encoder_norm)
+            list(self.task_cfg.encoder_filters), encoder_norm=self.task_cfg.encoder_norm,
+            mean=self.pixel_mean, variance=self.pixel_variance)
         model({"image": tf.zeros((1, self.image_size, self.image_size, 3)),
                "target_in": tf.zeros((1, self.caption_length), tf.int32)})
         return model

@@ -94,6 +94,14 @@ def resize_mask(mask, size: int) -> np.ndarray:
                            method="nearest").numpy()[..., 0]
 
 
+def pixel_statistics(images: np.ndarray, sample: int = 2000) -> tuple[list, list]:
+    """Per-channel mean and variance of (the first `sample` of) uint8 (N, S, S, 3) images,
+    for the model's input standardisation."""
+    pixels = images[:sample].astype(np.float64)
+    mean, variance = pixels.mean(axis=(0, 1, 2)), pixels.var(axis=(0, 1, 2))
+    return mean.tolist(), np.maximum(variance, 1e-3).tolist()
+
+
 def decode_images(image_bytes, size: int):
     """Encoded JPEG/PNG/GIF/BMP strings (B,) -> float32 (B, size, size, 3) in [0, 255], in
     the graph (image_classification's `decode`, per image)."""
@@ -129,6 +137,7 @@ class Segmentation(Task):
                     "the masks"
                 )
         counts = np.bincount(masks[masks != VOID].ravel(), minlength=self.num_classes)
+        self.pixel_mean, self.pixel_variance = pixel_statistics(images)
         log.info("segmentation: %d classes, pixel shares %s", self.num_classes,
                  np.round(counts / counts.sum(), 3).tolist())
 
@@ -172,7 +181,8 @@ class Segmentation(Task):
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> keras.Model:
-        return self.backbone_factory().segmenter(self.image_size, self.num_classes)
+        return self.backbone_factory().segmenter(self.image_size, self.num_classes,
+                                                 mean=self.pixel_mean, variance=self.pixel_variance)
 
     def loss(self, y_true, y_pred):
         """Per image: cross-entropy averaged over its valid pixels, soft Dice (1 - mean over

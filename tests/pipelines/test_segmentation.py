@@ -126,8 +126,8 @@ def test_export_serves_the_same_masks_in_a_fresh_process(tmp_path):
 
 @pytest.mark.slow
 def test_unet_learns_synthetic_scenes(tmp_path):
-    cfg = _cfg("data.num_train=2000", "data.num_validation=100", "data.num_test=200",
-               "trainer.epochs=5", "trainer.batch_size=32", "trainer.early_stopping_patience=null",
+    cfg = _cfg("data.num_train=3000", "data.num_validation=100", "data.num_test=200",
+               "trainer.epochs=6", "trainer.batch_size=32", "trainer.early_stopping_patience=null",
                "export.enabled=false", "task.num_pictures=0")
     result = execute(cfg, tmp_path)
     # Background is ~0.89 of the pixels: all-background scores mean IoU ~0.13, and telling
