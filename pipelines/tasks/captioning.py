@@ -95,10 +95,16 @@ class WordPieceTokenizer:
         return self.tokenizer.vocabulary_size()
 
     def tokenize(self, texts):
-        return tf.cast(self.tokenizer(texts), tf.int32)
+        ids = self.tokenizer(texts)
+        if isinstance(ids, list):  # keras-hub gives Python lists in eager mode
+            ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+        return tf.cast(ids, tf.int32)
 
     def detokenize(self, ids):
-        return tf.strings.strip(self.tokenizer.detokenize(ids))
+        texts = self.tokenizer.detokenize(ids)
+        if isinstance(texts, (list, str, bytes)):  # eager mode, as above
+            texts = tf.constant(texts)
+        return tf.strings.strip(texts)
 
     def normalize(self, text: str) -> str:
         return " ".join((text.lower() if self.lowercase else text).split())

@@ -108,10 +108,11 @@ def test_word_tokenizer_round_trip_and_reference_normalisation():
 
 
 # ----------------------------------------------------------------------------- learning + export
-def _serve_in_fresh_process(saved_model, images: list[bytes]):
+def _serve_in_fresh_process(saved_model, images: list[bytes], text_ops: bool = False):
     script = textwrap.dedent(f"""
         import json, sys
         import tensorflow as tf
+        {"import tensorflow_text" if text_ops else ""}
         serve = tf.saved_model.load({str(saved_model)!r}).signatures["serving_default"]
         out = serve(image_bytes=tf.constant({images!r}))
         assert not any(m.startswith(("pipelines", "layers")) for m in sys.modules), "package imported"
@@ -146,6 +147,20 @@ def test_export_serves_the_same_captions_in_a_fresh_process(name, tmp_path):
     images = [_png(rng.integers(0, 255, (64, 64, 3))), _png(rng.integers(0, 255, (30, 50)))]
     expected = [c.decode() for c in result.task.serve_in_process(result.model, images)["caption"]]
     assert _serve_in_fresh_process(tmp_path / "saved_model", images) == expected
+
+
+def test_wordpiece_captions_export_and_serve_with_tensorflow_text(tmp_path):
+    cfg = _cfg("model=gru", *TINY["gru"], "debug=smoke", "data.limit=64", "task.tokenizer=wordpiece",
+               "task.vocabulary_size=200", "task.encoder_filters=[8,8,8]", "decode.beam_size=1",
+               "task.num_pictures=1")
+    result = execute(cfg, tmp_path)
+    assert (tmp_path / "pictures" / "attention_0.png").exists()
+    tokenizer = result.task.tokenizer
+    ids = tokenizer.tokenize(tf.constant(["a small red circle"]))
+    assert tokenizer.detokenize(ids).numpy()[0] == b"a small red circle"
+    images = [_png(np.random.default_rng(1).integers(0, 255, (64, 64, 3)))]
+    expected = [c.decode() for c in result.task.serve_in_process(result.model, images)["caption"]]
+    assert _serve_in_fresh_process(tmp_path / "saved_model", images, text_ops=True) == expected
 
 
 @pytest.mark.slow
