@@ -278,8 +278,8 @@ class TrainerConfig:
     jit_compile: bool = False
     early_stopping_patience: Optional[int] = 3
     deterministic: bool = False
-    checkpoint_every_steps: Optional[int] = None
-    max_nan_recoveries: int = 0
+    checkpoint_every_steps: Optional[int] = None  # mid-epoch save points (resume mid-epoch)
+    max_nan_recoveries: int = 0  # NaN loss: restore the last save point, halve the LR
     eval_bleu_every: int = 0  # translation: validation BLEU every N epochs (0 = off)
     verbose: bool = True
 

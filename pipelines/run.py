@@ -57,11 +57,17 @@ def make_optimizer(tcfg: DictConfig, total_steps: int) -> keras.optimizers.Optim
 
 
 class CheckpointHook(Hook):
-    """Saves model, optimizer and trainer state at every epoch end; restores on re-run."""
+    """Saves model, optimizer, dropout RNG and trainer state at every epoch end and save point
+    (`trainer.checkpoint_every_steps`); restores on re-run. Checkpoints are numbered by the
+    batches consumed (`state["step"]`), which is also where a resumed run picks up the data."""
 
     def __init__(self, directory: pathlib.Path, model, optimizer, write: bool = True):
         self.directory = pathlib.Path(directory)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # Keras leaves the dropout seed generators' states out of the checkpoint's object
+        # graph; listing the non-trainable variables puts them in (a variable reached by two
+        # paths is saved once), so a resumed run draws the same dropout masks.
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                              rng=list(model.non_trainable_variables))
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), 2)
         self.state_file = self.directory / "trainer_state.json"
         self.write = write
@@ -72,10 +78,16 @@ class CheckpointHook(Hook):
     def restore(self, trainer: Trainer) -> bool:
         if not (self.manager.latest_checkpoint and self.state_file.exists()):
             return False
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         trainer.state = json.loads(self.state_file.read_text())
-        log.info("restored %s (epoch %d done)", self.manager.latest_checkpoint,
-                 trainer.state["epoch"])
+        # The state file is written after the checkpoint, so a kill in between leaves it one
+        # save behind: restore the checkpoint it describes (still kept, max_to_keep=2).
+        # States from before step numbering fall back to the latest.
+        suffix = f"-{trainer.state.get('step')}"
+        path = next((p for p in self.manager.checkpoints if p.endswith(suffix)),
+                    self.manager.latest_checkpoint)
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        log.info("restored %s (epoch %d done, %d steps in all)", path, trainer.state["epoch"],
+                 trainer.state.get("step", 0))
         return True
 
     def restore_best(self) -> bool:
@@ -85,14 +97,19 @@ class CheckpointHook(Hook):
         self.best.read(self.best_prefix).expect_partial()
         return True
 
+    def on_save_point(self, trainer):
+        self._save(trainer)
+
     def on_epoch_end(self, trainer, epoch, logs):
+        if self.write and trainer.state.get("best_epoch") == epoch:
+            self.best.write(self.best_prefix)
+        self._save(trainer)
+
+    def _save(self, trainer):
+        """Only the chief writes (`write`); the others restore the chief's files."""
         if not self.write:
             return
-        self.manager.save(checkpoint_number=epoch + 1)
-        if trainer.state.get("best_epoch") == epoch:
-            self.best.write(self.best_prefix)
-        # The state file is written after the weights: a kill in between resumes one epoch
-        # early, never with weights older than the state claims.
+        self.manager.save(checkpoint_number=trainer.state["step"])
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(trainer.state))
         tmp.replace(self.state_file)
@@ -166,7 +183,9 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
                           jit_compile=tcfg.jit_compile,
                           hooks=[*task.hooks(model, splits), early, checkpoints, MlflowHook(tracker)],
-                          verbose=tcfg.verbose)
+                          verbose=tcfg.verbose,
+                          checkpoint_every_steps=tcfg.checkpoint_every_steps,
+                          max_nan_recoveries=tcfg.max_nan_recoveries)
         checkpoints.restore(trainer)
         trainer.fit(train_ds, val_ds, tcfg.epochs, steps, tcfg.eval_steps)
 

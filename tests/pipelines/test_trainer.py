@@ -123,7 +123,9 @@ def test_nan_loss_is_a_clear_error():
     trainer.loss_fn = lambda y, y_pred: _loss(y, y_pred) * float("nan")  # an injected NaN
     trainer._train_step = trainer._make_train_step()
     train, _ = _datasets()
-    with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
+    with pytest.raises(FloatingPointError, match=(
+            r"training loss became nan in epoch 1, step 1; lower trainer.learning_rate, set "
+            r"trainer.clip_norm or raise trainer.max_nan_recoveries \(now 0\)")):
         trainer.fit(train, None, epochs=1, steps_per_epoch=2)
 
 
