@@ -221,7 +221,7 @@ class Trainer:
         if start < epochs:
             if self.state["step"]:
                 train_ds = train_ds.skip(self.state["step"])
-            iterator = iter(self.strategy.experimental_distribute_dataset(train_ds))
+            iterator = iter(self._distribute(train_ds))
             self._remember_good()
         for epoch in range(start, epochs):
             if self.stop_training:
@@ -260,6 +260,15 @@ class Trainer:
         for hook in self.hooks:
             hook.on_train_end(self, final)
         return self.state["history"]
+
+    def _distribute(self, dataset: tf.data.Dataset):
+        """Splits the global batches across replicas and workers. The tasks' datasets are in
+        memory, with no files to shard, so workers split by example (DATA); AUTO would reach
+        the same policy only after failing on files, with a warning per run."""
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def _save_point(self, partial: dict) -> None:
         self.state["partial"] = partial
@@ -328,7 +337,7 @@ class Trainer:
         if steps is not None:
             dataset = dataset.take(steps)
         totals: dict = {}
-        for batch in self.strategy.experimental_distribute_dataset(dataset):
+        for batch in self._distribute(dataset):
             _accumulate(totals, self._eval_step(batch))
         return _means(totals)
 
