@@ -55,14 +55,18 @@ def test_every_pair_trains_with_an_xla_compiled_step(task, model, tmp_path):
     assert math.isfinite(state["history"][-1]["train_loss"])
 
 
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("task,model,inputs", [
-    ("sentiment", "transformer", {"text": tf.constant(["a fine film", "dull"])}),
-    ("image_classification", "cnn", {"image_bytes": tf.stack([
-        tf.io.encode_png(np.full((20, 30, 3), 200, np.uint8)),
-        tf.io.encode_jpeg(np.zeros((50, 40, 3), np.uint8))])}),
+_TEXT = {"text": tf.constant(["a fine film", "dull"])}
+_IMAGES = {"image_bytes": tf.stack([tf.io.encode_png(np.full((20, 30, 3), 200, np.uint8)),
+                                    tf.io.encode_jpeg(np.zeros((50, 40, 3), np.uint8))])}
+
+
+@pytest.mark.parametrize("task,model,inputs,precision", [
+    ("sentiment", "transformer", _TEXT, "mixed_float16"),
+    ("image_classification", "cnn", _IMAGES, "mixed_bfloat16"),
+    pytest.param("sentiment", "transformer", _TEXT, "mixed_bfloat16", marks=pytest.mark.slow),
+    pytest.param("image_classification", "cnn", _IMAGES, "mixed_float16", marks=pytest.mark.slow),
 ])
-def test_mixed_precision_trains_and_exports_float32_outputs(precision, task, model, inputs,
+def test_mixed_precision_trains_and_exports_float32_outputs(task, model, inputs, precision,
                                                             tmp_path):
     result = execute(_cfg(task, model, f"trainer.precision={precision}"), tmp_path)
     assert all(math.isfinite(v) for v in result.metrics.values()), result.metrics
