@@ -133,7 +133,7 @@ TINY = {"gru": ["model.units=16", "model.embedding_dim=8"],
                         "model.num_decoder_layers=1"]}
 
 
-@pytest.mark.parametrize("name", ["gru", "transformer"])
+@pytest.mark.parametrize("name", [pytest.param("gru", marks=pytest.mark.slow), "transformer"])
 def test_export_serves_the_same_captions_in_a_fresh_process(name, tmp_path):
     cfg = _cfg(f"model={name}", *TINY[name], "debug=smoke", "data.limit=64",
                "task.encoder_filters=[8,8,8]", "decode.beam_size=2", "task.num_pictures=1",

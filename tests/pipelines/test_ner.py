@@ -72,7 +72,7 @@ def test_unknown_tag_in_validation_is_a_clear_error():
         task.adapt(splits)
 
 
-@pytest.mark.parametrize("model", ["lstm", "transformer"])
+@pytest.mark.parametrize("model", ["lstm", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_learns_synthetic_ner_and_export_matches(model, tmp_path):
     extra = (["model.units=32", "model.embedding_dim=32"] if model == "lstm"
              else ["model.hidden_dim=32", "model.intermediate_dim=64", "model.num_heads=2"])

@@ -36,7 +36,7 @@ def _serve_in_fresh_process(saved_model, texts):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("model", ["lstm", "gru"])
+@pytest.mark.parametrize("model", ["lstm", pytest.param("gru", marks=pytest.mark.slow)])
 def test_learns_synthetic_sentiment_and_export_matches(model, tmp_path):
     cfg = _cfg(f"model={model}", "model.units=32", "model.embedding_dim=32",
                "data.num_train=2048", "data.num_validation=256", "data.num_test=256",
