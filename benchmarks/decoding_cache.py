@@ -15,10 +15,10 @@ Each search is compiled once in a `tf.function` (optionally with XLA) and timed 
 alternating rounds (cached, uncached, ...) so that a noisy, shared CPU slows both
 alike; a time is the median over rounds.
 
-    python benchmarks/decoding_cache.py [--length 64 --rounds 5 --jit]
+    python -m benchmarks decoding_cache [--length 64 --rounds 5 --jit]
 
 Prints the milliseconds per search for each step function, whether their tokens
-agree, and `ratio uncached/cached at 64 tokens: X.XX` (greedy and beam times added).
+agree, and `RATIO uncached/cached at 64 tokens = X.XX` (greedy and beam times added).
 """
 import argparse
 import os
@@ -33,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import print_ratio  # noqa: E402
 from layers import TokenAndPositionEmbedding, TransformerDecoderBlock  # noqa: E402
 from pipelines.decoding import beam_search, greedy_search  # noqa: E402
 
@@ -151,10 +152,7 @@ def main():
             f"{median['uncached'] / median['cached']:.2f}, tokens equal: "
             f"{np.array_equal(tokens['cached'], tokens['uncached'])}"
         )
-    print(
-        f"ratio uncached/cached at {args.length} tokens: "
-        f"{totals['uncached'] / totals['cached']:.2f}"
-    )
+    print_ratio(f"uncached/cached at {args.length} tokens", totals["uncached"] / totals["cached"])
 
 
 if __name__ == "__main__":

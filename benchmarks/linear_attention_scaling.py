@@ -14,12 +14,13 @@ the shapes in float32 (TensorFlow reports allocator peaks only on GPU/TPU):
 On a GPU the measured allocator peak (`tf.config.experimental.get_memory_info`) is
 printed as well.
 
-    python benchmarks/linear_attention_scaling.py [--lengths 256 1024 4096 --heads 1
+    python -m benchmarks linear_attention_scaling [--lengths 256 1024 4096 --heads 1
         --key-dim 32 --rounds 5 --causal --jit]
 
 Prints one row per T, then the growth of time and memory per 4x longer sequence:
 about 4x for linear attention (linear), about 16x for softmax attention (quadratic),
-once T is large enough that the T x T work dominates fixed per-call costs.
+once T is large enough that the T x T work dominates fixed per-call costs. The last line
+is `RATIO softmax/linear time at T=<longest> = X.XX`.
 """
 import argparse
 import os
@@ -33,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import print_ratio  # noqa: E402
 from layers import LinearAttention, MultiHeadAttention  # noqa: E402
 
 FLOAT_BYTES = 4
@@ -142,11 +144,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
+def main():
     args = parse_args()
     print(
         f"batch 1, heads {args.heads}, key_dim {args.key_dim}, model dim {args.key_dim}, "
         f"causal={args.causal}, jit={args.jit}, float32, device "
         f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
     )
-    run(args)
+    rows = run(args)
+    print_ratio(f"softmax/linear time at T={rows[-1]['T']}", rows[-1]["ratio"])
+
+
+if __name__ == "__main__":
+    main()

@@ -4,25 +4,23 @@ Both models are Embedding -> LSTM(128) -> Dense, trained with the same
 `tf.function(jit_compile=False)` step on batches of 64 sequences of length 64,
 in the same process, with the timed rounds interleaved (ABBA) so that load on
 the machine hits both alike. Prints sequences/s for each (median over rounds)
-and `ratio ours/keras`, the median of the per-round ratios.
+and `RATIO ours/keras sequences per second = X.XX`, the median of the per-round ratios.
 
-    python benchmarks/lstm_throughput.py [--steps 20] [--rounds 5]
+    python -m benchmarks lstm_throughput [--steps 20] [--rounds 5]
 """
 import argparse
 import pathlib
 import sys
 import time
 
-try:
-    import layers  # noqa: F401  (installed package)
-except ImportError:  # a plain checkout: the package root is this file's parent folder
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras
-import numpy as np
-import tensorflow as tf
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from layers.rnn import LSTM
+from benchmarks.common import print_ratio  # noqa: E402
+from layers.rnn import LSTM  # noqa: E402
 
 BATCH, LENGTH, VOCAB, EMBED, UNITS, CLASSES = 64, 64, 1000, 64, 128, 10
 
@@ -90,7 +88,7 @@ def main():
     for name, values in rates.items():
         print(f"{name:>5}: {np.median(values):8.1f} sequences/s  (rounds: "
               + ", ".join(f"{v:.0f}" for v in values) + ")")
-    print(f"ratio ours/keras: {np.median(ratios):.2f}")
+    print_ratio("ours/keras sequences per second", np.median(ratios))
 
 
 if __name__ == "__main__":

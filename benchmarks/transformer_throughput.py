@@ -6,9 +6,9 @@ cross-entropy). Their steps are timed in alternating rounds so that a noisy,
 shared CPU slows both alike. Each model's throughput is its median round; the
 ratio is the median over rounds of the paired ratio (same round, same load).
 
-    python benchmarks/transformer_throughput.py [--steps 10 --rounds 5 --jit]
+    python -m benchmarks transformer_throughput [--steps 10 --rounds 5 --jit]
 
-Prints examples/s and tokens/s for each model and `ratio ours/keras_hub: X.XX`
+Prints examples/s and tokens/s for each model and `RATIO ours/keras_hub = X.XX`
 (above 1.0: ours trains faster).
 """
 import argparse
@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 # implicit mask by design (the blocks read it themselves); keep the output readable.
 warnings.filterwarnings("ignore", message=".*does not support masking.*")
 
+from benchmarks.common import print_ratio  # noqa: E402
 from layers import (  # noqa: E402
     TokenAndPositionEmbedding,
     TransformerDecoderBlock,
@@ -162,7 +163,7 @@ def main():
     cpu_ratio = np.median(np.array(cpu_seconds["keras_hub"]) / np.array(cpu_seconds["ours"]))
     print(f"CPU-time ratio ours/keras_hub (less sensitive to other load): {cpu_ratio:.2f}")
     paired = np.median(np.array(seconds["keras_hub"]) / np.array(seconds["ours"]))
-    print(f"ratio ours/keras_hub: {paired:.2f}")
+    print_ratio("ours/keras_hub", paired)
 
 
 if __name__ == "__main__":
