@@ -126,13 +126,14 @@ def test_export_serves_the_same_masks_in_a_fresh_process(tmp_path):
 
 @pytest.mark.slow
 def test_unet_learns_synthetic_scenes(tmp_path):
-    cfg = _cfg("data.num_train=3000", "data.num_validation=100", "data.num_test=200",
-               "trainer.epochs=6", "trainer.batch_size=32", "trainer.early_stopping_patience=null",
+    # The default sizes for 7 of the default 10 epochs (about 5 minutes on 2 CPU cores).
+    cfg = _cfg("data.num_validation=100", "data.num_test=200", "trainer.epochs=7",
+               "trainer.early_stopping_patience=null",
                "export.enabled=false", "task.num_pictures=0")
     result = execute(cfg, tmp_path)
     # Background is ~0.89 of the pixels: all-background scores mean IoU ~0.13, and telling
     # shapes from background without their kinds ~0.25.
-    assert result.metrics["mean_iou"] > 0.5, result.metrics
+    assert result.metrics["mean_iou"] > 0.6, result.metrics
 
 
 # ----------------------------------------------------------------------------- files
