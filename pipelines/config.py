@@ -71,6 +71,8 @@ class SentimentTask(TaskConfig):
     max_length: int = 64
     vocabulary_size: int = 20000
     lowercase: bool = True
+    # batches of similar length, each padded to its bucket (pipelines.data.bucketing)
+    length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
 
 
 @dataclass
@@ -86,6 +88,8 @@ class NerTask(TaskConfig):
     max_length: int = 64
     vocabulary_size: int = 30000
     lowercase: bool = False
+    # batches of similar length, each padded to its bucket (pipelines.data.bucketing)
+    length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
 
 
 class SegmentationLoss(str, enum.Enum):

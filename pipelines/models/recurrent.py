@@ -49,9 +49,10 @@ class Recurrent:
         """Token ids (B, T), 0 = padding -> (B, T, H) if return_sequences else (B, H).
 
         The padding mask flows from `Embedding(mask_zero=True)` into every recurrent layer,
-        so padded steps neither update the state nor reach the output.
+        so padded steps neither update the state nor reach the output. T is free (a time
+        dimension of None): length-bucketed batches are shorter than `sequence_length`.
         """
-        token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = keras.layers.Embedding(vocabulary_size, self.embedding_dim, mask_zero=True,
                                    name="embedding")(token_ids)  # (B, T, E)
         x = keras.layers.Dropout(self.dropout)(x)

@@ -45,8 +45,13 @@ class Transformer:
 
     def text_encoder(self, vocabulary_size: int, sequence_length: int,
                      return_sequences: bool = False) -> keras.Model:
-        """Token ids (B, T) -> (B, T, D), or the masked mean over valid tokens (B, D)."""
-        token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+        """Token ids (B, T) -> (B, T, D), or the masked mean over valid tokens (B, D).
+
+        Any static T <= `sequence_length` (the size of the position table): length-bucketed
+        batches are shorter. Positions 0..T-1 are the same whatever the padding, and padded
+        keys are masked in attention and pooling, so a sentence's output does not depend on T.
+        """
+        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         padding_mask = ops.not_equal(token_ids, 0)  # (B, T)
         x = layers.TokenAndPositionEmbedding(vocabulary_size, sequence_length, self.hidden_dim,
                                              positional=self.positional, name="embedding")(token_ids)

@@ -13,11 +13,17 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
 from pipelines.data import Splits
+from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.tasks.base import Task
 
 
 class Ner(Task):
-    """Tokens in, one IOB2 tag per token out."""
+    """Tokens in, one IOB2 tag per token out.
+
+    With `task.length_buckets` the training and validation batches are cut to the bucket of
+    their longest sentence (`pipelines.data.bucketing`); the model takes any T <= max_length
+    and its padding is masked (the loss too), so nothing depends on the bucket.
+    """
 
     name = "ner"
 
@@ -62,14 +68,21 @@ class Ner(Task):
         ds = tf.data.Dataset.from_tensor_slices((words.astype(str), tag_ids))
         if training:
             ds = ds.shuffle(len(tokens), seed=self.seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=training)
+        buckets = resolve_buckets(self.task_cfg.get("length_buckets"), self.length)
+        if buckets:
+            # Tags are id + 1 at real words, 0 at padding: their count is the length.
+            ds = bucket_by_length(ds, lambda w, y: tf.math.count_nonzero(y), buckets,
+                                  batch_size, drop_remainder=training, sequences=(True, True))
+        else:
+            ds = ds.batch(batch_size, drop_remainder=training)
         ds = ds.map(lambda w, y: (self._ids(w), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def build_model(self) -> keras.Model:
         factory = self.backbone_factory()
         encoder = factory.text_encoder(self.vocabulary_size, self.length, return_sequences=True)
-        token_ids = keras.Input((self.length,), dtype="int32", name="token_ids")
+        # Any T <= max_length: bucketed batches are shorter; serving pads to max_length.
+        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = encoder(token_ids)  # (B, T, H)
         x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.tag_names), dtype="float32", name="head")(x)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, f1_score
 
 from pipelines.data import Splits
+from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.tasks.base import Task
 
 
@@ -16,6 +17,10 @@ class Sentiment(Task):
     Text is standardised, split and mapped to ids by a `TextVectorization` adapted on the
     training split; it runs in the tf.data pipeline for training (the model sees static
     (B, T) int ids, XLA-friendly) and inside the exported graph for serving.
+
+    With `task.length_buckets` the training and validation batches are cut to the bucket of
+    their longest sentence (`pipelines.data.bucketing`); the model takes any T <= max_length
+    and its padding is masked, so serving (padded to max_length) gives the same outputs.
     """
 
     name = "sentiment"
@@ -48,6 +53,9 @@ class Sentiment(Task):
     def dataset(self, pair, training, batch_size):
         texts, labels = pair
         ids = np.array([self.label_index[label] for label in labels], dtype="int32")
+        buckets = resolve_buckets(self.task_cfg.get("length_buckets"), self.task_cfg.max_length)
+        if buckets:
+            return self._bucketed(texts, ids, training, batch_size, buckets)
         ds = tf.data.Dataset.from_tensor_slices((texts, ids))
         if training:
             ds = ds.shuffle(len(texts), seed=self.seed, reshuffle_each_iteration=True).repeat()
@@ -56,10 +64,25 @@ class Sentiment(Task):
                     num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def _bucketed(self, texts, labels, training, batch_size, buckets):
+        """Batches of one bucket each, cut to its length. The texts are vectorized once
+        here (padded to max_length; id 0 only ever pads), not per epoch."""
+        token_ids = np.zeros((len(texts), self.task_cfg.max_length), "int32")
+        for start in range(0, len(texts), 4096):
+            chunk = tf.constant(list(texts[start:start + 4096]), tf.string)
+            token_ids[start:start + len(chunk)] = self.vectorizer(chunk).numpy()
+        ds = tf.data.Dataset.from_tensor_slices((token_ids, labels))
+        if training:
+            ds = ds.shuffle(len(texts), seed=self.seed, reshuffle_each_iteration=True).repeat()
+        ds = bucket_by_length(ds, lambda x, y: tf.math.count_nonzero(x), buckets, batch_size,
+                              drop_remainder=training, sequences=(True, False))
+        return ds.prefetch(tf.data.AUTOTUNE)
+
     def build_model(self) -> keras.Model:
         factory = self.backbone_factory()
         encoder = factory.text_encoder(self.vocabulary_size, self.task_cfg.max_length)
-        token_ids = keras.Input((self.task_cfg.max_length,), dtype="int32", name="token_ids")
+        # Any T <= max_length: bucketed batches are shorter; serving pads to max_length.
+        token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = encoder(token_ids)  # (B, H)
         x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="head")(x)
