@@ -61,6 +61,8 @@ class LearnedPositionalEmbedding(keras.layers.Layer):
 
     def call(self, inputs, start_index=0):
         seq_length, hidden_dim = inputs.shape[-2], inputs.shape[-1]
+        if seq_length is None:  # traced with an open length: read it at run time
+            seq_length = ops.shape(inputs)[-2]
         embeddings = ops.convert_to_tensor(self.embeddings, self.compute_dtype)
         embeddings = ops.slice(
             embeddings, (start_index, 0), (seq_length, hidden_dim)

@@ -73,6 +73,16 @@ def test_learned_start_index_slices_the_table():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(step)[:, 0], table[[6, 6]])
 
 
+def test_learned_traces_with_an_open_length():
+    import tensorflow as tf
+
+    layer = LearnedPositionalEmbedding(sequence_length=10)
+    layer.build((None, None, 4))
+    traced = tf.function(layer, input_signature=[tf.TensorSpec([None, None, 4])])
+    out = traced(tf.zeros((2, 7, 4))).numpy()
+    np.testing.assert_allclose(out[0], keras.ops.convert_to_numpy(layer.embeddings)[:7])
+
+
 def test_learned_rejects_too_long_inputs():
     with pytest.raises(ValueError, match="input length=12, sequence_length=10"):
         LearnedPositionalEmbedding(sequence_length=10)(np.zeros((1, 12, 4), "float32"))
