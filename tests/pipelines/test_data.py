@@ -33,6 +33,30 @@ def test_limit_keeps_the_first_examples():
     assert small.train[0] == full.train[0][:10] and len(small.test[0]) == 10
 
 
+def test_files_limit_draws_a_seeded_subset_across_the_class_folders(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for label in "abc":  # read class by class: the first 4 would all be "a"
+        (tmp_path / label).mkdir()
+        for index in range(6):
+            value = 80 * "abc".index(label) + index
+            Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(tmp_path / label / f"{index}.png")
+
+    def subset(seed):
+        splits = FilesSource(train=str(tmp_path), validation=str(tmp_path), limit=4,
+                             seed=seed).image_classification()
+        assert len(splits.train[0]) == 4 and len(splits.validation[0]) == 4
+        return [(label, int(image[0, 0, 0])) for image, label in zip(*splits.train)]
+
+    first = subset(42)
+    assert len({label for label, _ in first}) > 1
+    assert subset(42) == first and first == sorted(first)  # the same subset, in file order
+    assert subset(7) != first
+    full = FilesSource(train=str(tmp_path), validation=str(tmp_path)).image_classification()
+    assert len(full.train[0]) == 18
+
+
 def test_reads_label_text_lines_csv_and_tsv(tmp_path):
     (tmp_path / "a.txt").write_text("1 a fine film\n\n0 a dull , slow film\n")
     assert read_text_classification(tmp_path / "a.txt") == (["a fine film", "a dull , slow film"], ["1", "0"])
