@@ -168,7 +168,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
                              f"({len(splits.train[0])} examples)")
         train_ds = task.dataset(splits.train, training=True, batch_size=batch)
         val_ds = task.dataset(splits.validation, training=False, batch_size=batch)
-        steps = tcfg.steps_per_epoch or max(1, len(splits.train[0]) // batch)
+        steps = tcfg.steps_per_epoch or max(1, task.train_examples(splits) // batch)
 
         with strategy.scope():
             model = task.build_model()

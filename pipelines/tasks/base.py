@@ -21,12 +21,17 @@ class Task(abc.ABC):
     """
 
     name: str = ""
-    monitor_mode: str = "max"
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.task_cfg = cfg.task
         self.seed = int(cfg.trainer.seed)
+
+    @property
+    def monitor_mode(self) -> str:
+        """"min" when `task.monitor` names a loss (`val_loss`, ...), "max" for the metrics
+        (accuracy, BLEU): the direction of early stopping and of the best checkpoint."""
+        return "min" if str(self.task_cfg.monitor).endswith("loss") else "max"
 
     # -------------------------------------------------------------- data
     def load(self) -> Splits:
@@ -38,6 +43,12 @@ class Task(abc.ABC):
                 f"data={self.cfg.data.source} has no reader for task={self.name} yet"
             )
         return reader()
+
+    def train_examples(self, splits: Splits) -> int:
+        """How many training examples one epoch covers (the default steps per epoch is this
+        over the batch size): one per training input; a task that trains on several
+        examples per input (captioning's every image-caption pair) says so."""
+        return len(splits.train[0])
 
     @abc.abstractmethod
     def adapt(self, splits: Splits) -> None:

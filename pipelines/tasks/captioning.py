@@ -7,7 +7,8 @@ punctuation stripped, core TF ops only) or `wordpiece` (keras-hub WordPiece; loa
 export then needs `import tensorflow_text`). Ids 0-3 are [PAD], [UNK], [START], [END].
 
 Training reads one caption per image per visit (`task.captions=sample`) or every
-(image, caption) pair (`all`). Evaluation decodes with `pipelines.decoding.decode` (beam
+(image, caption) pair (`all`; an epoch, by default, is then one pass over the pairs, not the
+images). Evaluation decodes with `pipelines.decoding.decode` (beam
 search per `decode.*`) and scores corpus BLEU against all references of each image, after
 the tokenizer's normalisation of the references (lower case, no punctuation with
 `tokenizer=word`), with sacrebleu's default 13a tokenisation.
@@ -152,6 +153,13 @@ class Captioning(Task):
         self.pixel_mean, self.pixel_variance = pixel_statistics(self.images(splits.train))
         log.info("captioning: %s vocabulary of %d tokens from %d captions", kind,
                  self.tokenizer.vocabulary_size(), len(texts))
+
+    def train_examples(self, splits: Splits) -> int:
+        """Images with `task.captions=sample`; every (image, caption) pair with `all`, so that
+        an epoch of the default length covers each pair once."""
+        if _value(self.task_cfg.captions) == "all":
+            return sum(len(references) for references in splits.train[1])
+        return super().train_examples(splits)
 
     def images(self, pair) -> np.ndarray:
         """The split's images as uint8 (N, S, S, 3), resized once."""

@@ -107,6 +107,33 @@ def test_word_tokenizer_round_trip_and_reference_normalisation():
     assert tokenizer.normalize("  Two shapes, a Red square. ") == "two shapes a red square"
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("captions", ["all", "sample"])
+def test_an_epoch_covers_every_pair_with_captions_all(captions, tmp_path, monkeypatch):
+    # The default steps per epoch: image-caption pairs // batch with captions=all (3-5 captions
+    # per generated image), images // batch with sample. Stopped where training would begin.
+    import pipelines.run
+
+    seen = {}
+
+    def fit(trainer, train_ds, val_ds, epochs, steps_per_epoch, eval_steps=None):
+        seen["steps"] = steps_per_epoch
+        raise _Stop
+
+    monkeypatch.setattr(pipelines.run.Trainer, "fit", fit)
+    cfg = _cfg("model=gru", *TINY["gru"], "data.limit=40", "task.encoder_filters=[8,8]",
+               f"task.captions={captions}", "trainer.batch_size=8", "export.enabled=false")
+    with pytest.raises(_Stop):
+        execute(cfg, tmp_path)
+    train = _splits(cfg).train
+    pairs = sum(len(refs) for refs in train[1])
+    assert len(train[0]) == 40 and pairs > 120
+    assert seen["steps"] == (pairs if captions == "all" else 40) // 8
+
+
 # ----------------------------------------------------------------------------- learning + export
 def _serve_in_fresh_process(saved_model, images: list[bytes], text_ops: bool = False):
     script = textwrap.dedent(f"""
