@@ -1,10 +1,14 @@
-"""`task=segmentation`: a class per pixel. Metrics: `mean_iou`, `pixel_accuracy`, `dice`.
+"""`task=segmentation`: a class per pixel. Metrics: `mean_iou`, `pixel_accuracy`, `dice`;
+with exactly 2 classes also `f1` and `auc` of the foreground class 1 (the vessel-segmentation
+literature's scores, e.g. DRIVE).
 
 Raw examples are (image, mask) pairs: uint8 images (H, W, 3) of any size and masks (H, W)
 of class indices. The label 255 is void everywhere (a source marks pixels outside a region
 of interest with it), and `data.ignore_index` names one more label to leave out; both are
 excluded from the loss and from the metrics, which come from one confusion matrix
-(`pipelines.metrics`). Images are resized to `task.image_size` (bilinear, antialiased) and
+(`pipelines.metrics`); `f1` and `auc` use the same valid pixels (inside the region, not
+ignored). All metrics are scored at `task.image_size`, not at the images' native
+resolution. Images are resized to `task.image_size` (bilinear, antialiased) and
 masks likewise with nearest neighbours, once, before training.
 
 The export decodes encoded JPEG/PNG bytes, resizes them in the graph in the same way and
@@ -210,21 +214,41 @@ class Segmentation(Task):
     # ------------------------------------------------------------------ results
     def predict_masks(self, model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """uint8 (N, S, S, 3) -> int32 (N, S, S) argmax masks."""
-        forward = tf.function(lambda x: tf.argmax(model(x, training=False), -1,
-                                                  output_type=tf.int32),
-                              reduce_retracing=True, autograph=False)
-        return np.concatenate([
-            forward(tf.cast(images[start:start + batch_size], tf.float32)).numpy()
-            for start in range(0, len(images), batch_size)
-        ]) if len(images) else np.zeros((0, self.image_size, self.image_size), np.int32)
+        return self.predict(model, images, batch_size)[0]
+
+    def predict(self, model, images: np.ndarray, batch_size: int = 64,
+                foreground: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (N, S, S, 3) -> int32 (N, S, S) argmax masks, and with `foreground` the
+        float32 (N, S, S) softmax probability of class 1 (else None), in one pass."""
+        def forward(x):
+            logits = model(x, training=False)
+            outputs = [tf.argmax(logits, -1, output_type=tf.int32)]
+            if foreground:
+                outputs.append(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., 1])
+            return outputs
+
+        forward = tf.function(forward, reduce_retracing=True, autograph=False)
+        parts = [[t.numpy() for t in forward(tf.cast(images[start:start + batch_size],
+                                                     tf.float32))]
+                 for start in range(0, len(images), batch_size)]
+        shape = (0, self.image_size, self.image_size)
+        masks = np.concatenate([p[0] for p in parts]) if parts else np.zeros(shape, np.int32)
+        if not foreground:
+            return masks, None
+        return masks, (np.concatenate([p[1] for p in parts]) if parts
+                       else np.zeros(shape, np.float32))
 
     def evaluate(self, model, pair, batch_size):
         images, masks = self.prepare(pair)
-        predicted = self.predict_masks(model, images, batch_size)
+        binary = self.num_classes == 2
+        predicted, foreground = self.predict(model, images, batch_size, foreground=binary)
         confusion = confusion_matrix(masks, predicted, self.num_classes, ignore_index=VOID)
         self.samples = [{"class": c, "iou": None if np.isnan(v) else round(float(v), 4)}
                         for c, v in enumerate(per_class_iou(confusion))]
-        return segmentation_scores(confusion)
+        scores = segmentation_scores(confusion)
+        if binary:
+            scores.update(foreground_scores(confusion, masks, foreground))
+        return scores
 
     def pictures(self, model, splits, directory):
         """`overlay_<i>.png`: image | truth | prediction, classes in fixed colours."""
@@ -273,6 +297,45 @@ class Segmentation(Task):
     def serve_in_process(self, model, inputs):
         outputs = self._serving_fn(model)(tf.constant(inputs))
         return {k: v.numpy() for k, v in outputs.items()}
+
+
+# ROC AUC reads at most this many valid pixels: beyond (e.g. many large images), a seeded
+# random subset of this size stands for them, so that sklearn's sort stays fast and small;
+# its sampling error is about 1e-4 at this size (Hanley-McNeil, AUC 0.98, 13% positives).
+AUC_MAX_PIXELS = 5_000_000
+
+
+def foreground_scores(confusion: np.ndarray, masks: np.ndarray, foreground: np.ndarray,
+                      max_pixels: int = AUC_MAX_PIXELS) -> dict[str, float]:
+    """The binary-segmentation literature's scores of class 1 (DRIVE's vessels) over the
+    valid pixels (masks != VOID: inside the region, not `data.ignore_index`):
+
+    - `f1`: 2 TP / (2 TP + FP + FN) of class 1 from the (2, 2) `confusion` (the argmax
+      masks), i.e. its Dice; 0 when class 1 is in neither truth nor prediction (as sklearn's
+      `f1_score`).
+    - `auc`: `sklearn.metrics.roc_auc_score` of the class-1 probabilities `foreground`
+      (same shape as `masks`) against the true masks. Over `max_pixels` valid pixels it
+      scores a deterministic random subset of that many (seed 0). Left out, with a warning,
+      when the valid truth holds only one class (undefined; JSON has no NaN).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positive = confusion[1, 1]
+    total = 2 * true_positive + confusion[0, 1] + confusion[1, 0]
+    scores = {"f1": float(2 * true_positive / total) if total else 0.0}
+    valid = np.asarray(masks) != VOID
+    truth = np.asarray(masks)[valid] == 1
+    probability = np.asarray(foreground, np.float32)[valid]
+    if truth.size > max_pixels:
+        keep = np.random.default_rng(0).choice(truth.size, max_pixels, replace=False)
+        truth, probability = truth[keep], probability[keep]
+    if truth.all() or not truth.any():
+        log.warning("auc left out of the metrics: the evaluated pixels hold only class %d",
+                    int(truth.any()))
+    else:
+        scores["auc"] = float(roc_auc_score(truth, probability))
+    return scores
 
 
 def soft_dice_loss(labels, logits, valid, num_classes: int):

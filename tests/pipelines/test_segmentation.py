@@ -16,7 +16,7 @@ from pipelines.config import register_schemas
 from pipelines.data import Splits
 from pipelines.data.files import DataFileError, FilesSource
 from pipelines.run import execute
-from pipelines.tasks.segmentation import VOID, Segmentation
+from pipelines.tasks.segmentation import VOID, Segmentation, foreground_scores
 from tests.conftest import REPO
 
 register_schemas()
@@ -91,6 +91,56 @@ def test_dice_loss_is_zero_for_a_confident_perfect_prediction():
     logits = 100.0 * tf.one_hot(y, task.num_classes)
     np.testing.assert_allclose(task.loss(tf.constant(y), logits).numpy(), 0.0, atol=1e-5)
     assert (task.loss(tf.constant(y), -logits).numpy() > 0.9).all()
+
+
+@pytest.mark.parametrize("monitor,mode", [("val_loss", "min"), ("loss", "min"),
+                                          ("val_accuracy", "max"), ("val_bleu", "max")])
+def test_monitor_mode_is_min_for_a_loss_and_max_for_a_metric(monitor, mode):
+    assert Segmentation(_cfg(f"task.monitor={monitor}")).monitor_mode == mode
+
+
+# ----------------------------------------------------------------------------- binary metrics
+def test_binary_f1_and_auc_count_only_pixels_inside_the_region_and_not_ignored(tmp_path):
+    # One 4 x 4 image: the region mask leaves out row 0, data.ignore_index=2 one more pixel.
+    # The 11 valid pixels: vessels (1) with p(1) 0.9 0.8 0.6 0.3, background with 0.7 0.4 0.2
+    # 0.1 0.1 0.05 0.05. Argmax: TP 3, FP 1 (0.7), FN 1 (0.3): F1 = 6 / 8. AUC: of the 4 x 7
+    # (vessel, background) pairs, the vessel ranks higher in 7 + 7 + 6 + 5 = 25.
+    truth = np.array([[1, 1, 0, 0], [1, 0, 0, 2], [1, 0, 1, 0], [0, 1, 0, 0]], np.uint8)
+    region = np.array([[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], np.uint8) * 255
+    probability = np.array([[0.01, 0.01, 0.99, 0.99],   # outside: all wrong, would count
+                            [0.9, 0.7, 0.4, 0.99],      # (1, 3) ignored, wrong
+                            [0.8, 0.2, 0.6, 0.1],
+                            [0.1, 0.3, 0.05, 0.05]])
+    root = tmp_path / "drive"
+    for folder, array in (("images", np.zeros((4, 4, 3))), ("masks", truth), ("fov", region)):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(array.astype(np.uint8)).save(root / folder / "01.png")
+    pair = FilesSource(train=str(root), validation=str(root), region_dir="fov",
+                       ignore_index=2).segmentation().validation
+    task = _task("task.image_size=4", "data.ignore_index=2", splits=Splits(pair, pair))
+    assert task.num_classes == 2 and (task.prepare(pair)[1] != VOID).sum() == 11
+    logits = np.stack([np.zeros((4, 4)), np.log(probability / (1 - probability))], -1)[None]
+    metrics = task.evaluate(lambda x, training: tf.constant(logits, tf.float32), pair, 8)
+    assert set(metrics) == {"mean_iou", "pixel_accuracy", "dice", "f1", "auc"}
+    np.testing.assert_allclose(metrics["f1"], 6 / 8)
+    np.testing.assert_allclose(metrics["auc"], 25 / 28)
+    np.testing.assert_allclose(metrics["pixel_accuracy"], 9 / 11)
+    np.testing.assert_allclose(metrics["dice"], (6 / 8 + 12 / 14) / 2)  # both classes, as before
+
+
+def test_auc_subsamples_huge_pixel_counts_deterministically_and_is_left_out_when_undefined():
+    rng = np.random.default_rng(1)
+    masks = rng.integers(0, 2, (4, 64, 64)).astype(np.uint8)
+    masks[0, :8] = VOID
+    foreground = np.clip(0.3 * masks + rng.uniform(0, 0.7, masks.shape), 0, 1)
+    confusion = np.array([[10, 0], [0, 10]])
+    full = foreground_scores(confusion, masks, foreground)["auc"]
+    small = [foreground_scores(confusion, masks, foreground, max_pixels=5000)["auc"]
+             for _ in range(2)]
+    assert small[0] == small[1] != full and abs(small[0] - full) < 0.02
+    all_background = np.where(masks == VOID, VOID, 0).astype(np.uint8)
+    scores = foreground_scores(np.array([[10, 0], [0, 0]]), all_background, foreground)
+    assert scores == {"f1": 0.0}
 
 
 # ----------------------------------------------------------------------------- learning + export
