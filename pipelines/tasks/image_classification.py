@@ -93,8 +93,11 @@ class ImageClassification(Task):
                     f"train (train labels: {self.label_names[:20]})"
                 )
         self.label_index = {name: i for i, name in enumerate(self.label_names)}
-        # Per-channel statistics of (a sample of) the resized training images.
-        sample = self._pixels(images[:2000])
+        # Per-channel statistics of a seeded sample of the resized training images (folders
+        # are read class by class: the first images would be one class only).
+        picked = np.sort(np.random.default_rng(0).permutation(len(images))[:2000])
+        sample = self._pixels(images[picked] if isinstance(images, np.ndarray)
+                              else [images[i] for i in picked])
         self.mean = sample.mean(axis=(0, 1, 2))
         self.variance = np.maximum(sample.var(axis=(0, 1, 2)), 1e-3)
         augment_cfg = self.task_cfg.augment
