@@ -8,9 +8,8 @@ from __future__ import annotations
 import csv
 import gzip
 import pathlib
-import random
 
-from pipelines.data.splits import Splits, hold_out
+from pipelines.data.splits import Splits, hold_out, limit_splits
 
 
 class DataFileError(ValueError):
@@ -155,25 +154,6 @@ def read_parallel(source_path: pathlib.Path,
     return sources, targets
 
 
-def sample_splits(splits: Splits, limit: int | None, seed: int) -> Splits:
-    """`data.limit` for files: `limit` examples of every split drawn at random with `seed`
-    (`data.seed`), kept in file order. Files are often sorted by label (image folders are
-    read class by class), so the first `limit` could all be one class. The same seed gives
-    the same subset, and a larger limit keeps a smaller one's examples."""
-    if limit is None:
-        return splits
-
-    def draw(pair):
-        if pair is None or len(pair[0]) <= limit:
-            return pair
-        order = list(range(len(pair[0])))
-        random.Random(seed).shuffle(order)
-        keep = sorted(order[:limit])
-        return tuple([column[i] for i in keep] for column in pair)
-
-    return Splits(draw(splits.train), draw(splits.validation), draw(splits.test))
-
-
 def _language_file(prefix: str, language: str) -> pathlib.Path | None:
     for candidate in (f"{prefix}.{language}", f"{prefix}.{language}.gz"):
         path = pathlib.Path(candidate).expanduser()
@@ -215,7 +195,7 @@ class FilesSource:
             loaded["train"], loaded["validation"] = hold_out(
                 loaded["train"], self.validation_fraction, self.seed
             )
-        return sample_splits(Splits(**loaded), self.limit, self.seed)
+        return limit_splits(Splits(**loaded), self.limit, self.seed)
 
     def sentiment(self) -> Splits:
         return self._splits(

@@ -28,12 +28,25 @@ class Splits:
         return "test" if self.test is not None else "validation"
 
 
-def limit_splits(splits: Splits, limit: int | None) -> Splits:
-    """Keeps the first `limit` examples of every split (`data.limit`, debug runs)."""
+def limit_splits(splits: Splits, limit: int | None, seed: int | None = None) -> Splits:
+    """`data.limit`: `limit` examples of every split. With `seed` (`data.seed`) they are drawn
+    at random and kept in their order: files and datasets are often sorted by label (image
+    folders are read class by class), so the first `limit` could all be one class; the same
+    seed gives the same subset, and a larger limit keeps a smaller one's examples. Without a
+    seed (generated data, already random) the first `limit`."""
     if limit is None:
         return splits
-    cut = lambda pair: None if pair is None else tuple(list(p[:limit]) for p in pair)  # noqa: E731
-    return Splits(cut(splits.train), cut(splits.validation), cut(splits.test))
+
+    def draw(pair):
+        if pair is None or len(pair[0]) <= limit:
+            return pair
+        order = list(range(len(pair[0])))
+        if seed is not None:
+            random.Random(seed).shuffle(order)
+        keep = sorted(order[:limit])
+        return tuple([column[i] for i in keep] for column in pair)
+
+    return Splits(draw(splits.train), draw(splits.validation), draw(splits.test))
 
 
 def hold_out(train: tuple[list, list], fraction: float, seed: int) -> tuple[tuple, tuple]:

@@ -73,7 +73,7 @@ class TfdsSource:
             splits["train"], splits["validation"] = hold_out(
                 splits["train"], self.validation_fraction, self.seed
             )
-        return limit_splits(Splits(**splits), self.limit)
+        return limit_splits(Splits(**splits), self.limit, self.seed)
 
     def _finish(self, splits: dict) -> Splits:
         """Holds out validation from train when no validation split is named; applies limit."""
@@ -81,7 +81,7 @@ class TfdsSource:
             splits["train"], splits["validation"] = hold_out(
                 splits["train"], self.validation_fraction, self.seed
             )
-        return limit_splits(Splits(**splits), self.limit)
+        return limit_splits(Splits(**splits), self.limit, self.seed)
 
     def _languages(self, features) -> tuple[str, str]:
         """(source, target) feature names: data.source_lang/target_lang, else from the config

@@ -26,7 +26,7 @@ import tensorflow as tf
 from pipelines.data import Splits
 from pipelines.data.files import DataFileError
 from pipelines.data.images import decode_image
-from pipelines.metrics import confusion_matrix, per_class_iou, segmentation_scores
+from pipelines.metrics import confusion_matrix, per_class_dice, per_class_iou, segmentation_scores
 from pipelines.tasks.base import Task
 from pipelines.tasks.image_classification import decode, resize
 
@@ -320,10 +320,7 @@ def foreground_scores(confusion: np.ndarray, masks: np.ndarray, foreground: np.n
     """
     from sklearn.metrics import roc_auc_score
 
-    confusion = np.asarray(confusion, dtype=np.float64)
-    true_positive = confusion[1, 1]
-    total = 2 * true_positive + confusion[0, 1] + confusion[1, 0]
-    scores = {"f1": float(2 * true_positive / total) if total else 0.0}
+    scores = {"f1": float(np.nan_to_num(per_class_dice(confusion)[1]))}
     valid = np.asarray(masks) != VOID
     truth = np.asarray(masks)[valid] == 1
     probability = np.asarray(foreground, np.float32)[valid]
