@@ -23,3 +23,5 @@ from layers.transformer_decoder import TransformerDecoderBlock
 from layers.recurrent_cells import GRUCell, LSTMCell
 from layers.rnn import GRU, LSTM, RNN
 from layers.bidirectional import Bidirectional
+from layers.crf import LinearChainCRF, iob2_allowed_transitions
+from layers.char_encoder import CharBiLSTM, CharCNN, char_ids
