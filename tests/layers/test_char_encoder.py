@@ -173,3 +173,49 @@ def test_errors_name_the_argument(cls, kwargs, message):
 def test_rank_error_names_char_ids():
     with pytest.raises(ValueError, match=r"char_ids must be \(B, T, L\) character ids of rank 3"):
         CharCNN(5)(np.zeros((2, 3), "int32"))
+
+
+def test_saved_model_maps_raw_words_to_the_same_vectors(tmp_path):
+    """char_ids inside an exported graph: raw words in, the in-process vectors out."""
+    encoder = CharCNN(num_chars=64, char_dim=4, filters=3)
+    words = tf.constant([["Hi", "zebra", ""], ["ünïcode", "x", "toolongword"]])
+    expected = encoder(char_ids(words, 6, num_chars=64))
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint("serving_default", lambda w: encoder(char_ids(w, 6, num_chars=64)),
+                         input_signature=[tf.TensorSpec([None, None], tf.string)])
+    archive.write_out(str(tmp_path / "saved"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(_np(served.serving_default(words)), _np(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(CharCNN, {"filters": 8}), (CharBiLSTM, {"units": 8})])
+def test_learns_a_spelling_rule_on_unseen_words(cls, kwargs):
+    """Capitalised or not, from the characters alone: right on words never seen in training
+    (which a word vocabulary cannot do)."""
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+
+    def words(count):
+        out = ["".join(rng.choice(letters, size=rng.integers(2, 8))) for _ in range(count)]
+        labels = rng.integers(0, 2, size=count)
+        return [w.capitalize() if y else w for w, y in zip(out, labels)], labels
+
+    train_words, train_labels = words(256)
+    test_words, test_labels = words(160)
+    unseen = [w.lower() not in {t.lower() for t in train_words} for w in test_words]
+    test_words = [w for w, keep in zip(test_words, unseen) if keep]
+    test_labels = test_labels[np.array(unseen)]
+    assert len(test_words) > 100
+
+    def ids(batch):
+        return char_ids(tf.constant(batch)[:, None], 8, num_chars=128)  # (N, 1, 8)
+
+    keras.utils.set_random_seed(0)
+    encoder, head = cls(num_chars=128, char_dim=8, **kwargs), keras.layers.Dense(1)
+    model = keras.Sequential([keras.Input((1, 8), dtype="int32"), encoder, head])
+    model.compile(keras.optimizers.Adam(0.02), keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(ids(train_words), train_labels[:, None, None], batch_size=64, epochs=15, verbose=0)
+    predicted = _np(model(ids(test_words)))[:, 0, 0] > 0
+    assert np.mean(predicted == test_labels) > 0.95

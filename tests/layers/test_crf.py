@@ -332,3 +332,36 @@ def test_learns_alternating_tags_that_argmax_cannot():
     later = mask.copy()
     later[:, 0] = False
     assert np.mean(argmax[later] == tags[later]) < 0.8
+
+
+def test_float16_potentials_decode_in_float32():
+    crf = _random_crf(3, seed=16)
+    potentials, tags, mask = _random_case(3, 4, 3, seed=17)
+    half = tf.constant(potentials.astype("float16"))
+    expected = crf.decode(half.numpy().astype("float32"), mask)
+    np.testing.assert_array_equal(_np(crf.decode(half, mask)), _np(expected))
+    assert crf.log_likelihood(half, tags, mask).dtype == tf.float32
+
+
+def test_saved_model_decode_equals_in_process(tmp_path):
+    """The Viterbi decode served from a SavedModel gives the in-process tags."""
+    inputs = keras.Input((None, 4))
+    crf = LinearChainCRF(5, transitions_initializer="random_normal", name="crf",
+                         **iob2_allowed_transitions(["B-X", "B-Y", "I-X", "I-Y", "O"]))
+    model = keras.Model(inputs, crf(keras.layers.Dense(5)(inputs)))
+
+    def tag(features, mask):
+        return crf.decode(model(features), mask)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", tag, input_signature=[
+        tf.TensorSpec([None, None, 4], tf.float32), tf.TensorSpec([None, None], tf.bool)])
+    archive.write_out(str(tmp_path / "saved"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    rng = np.random.default_rng(18)
+    for length in (1, 7):
+        features = rng.normal(size=(3, length, 4)).astype("float32")
+        mask = np.arange(length)[None, :] < np.array([length, 1, 0])[:, None]
+        np.testing.assert_array_equal(_np(served.serving_default(features, mask)),
+                                      _np(tag(features, mask)))
