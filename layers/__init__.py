@@ -5,7 +5,9 @@
 
 from layers.learned_positional_embedding import LearnedPositionalEmbedding
 from layers.sinusoidal_encoding import SinusoidalPositionalEncoding
+from layers.reversible_embedding import ReversibleEmbedding
 from layers.token_and_position_embedding import TokenAndPositionEmbedding
+from layers.masked_lm_head import MaskedLMHead
 from layers.conv_block import ConvBlock
 from layers.patch_embedding import PatchEmbedding
 from layers.unet_blocks import DownBlock, UpBlock

@@ -129,6 +129,28 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.position_dim = position_dim
         self.reverse_dtype = reverse_dtype
         self.supports_masking = mask_zero
+        self._token_embedding = None
+
+    @property
+    def token_embedding(self):
+        """The `ReversibleEmbedding` of the tokens, for a tied output layer.
+
+        It exists before the layer is built (it is made on first use), so that a
+        model can tie a head to it in its `__init__`. Made lazily rather than in
+        `__init__`, so that seeded weights stay those of earlier releases (each
+        unseeded initializer clone draws the next seed).
+        """
+        if self._token_embedding is None:
+            # The mask is computed here from the ids, so the inner embedding needs none.
+            self._token_embedding = ReversibleEmbedding(
+                self.vocabulary_size,
+                self.embedding_dim,
+                embeddings_initializer=clone_initializer(self.embeddings_initializer),
+                reverse_dtype=self.reverse_dtype,
+                dtype=self.dtype_policy,
+                name="token_embedding",
+            )
+        return self._token_embedding
 
     @property
     def output_dim(self):
@@ -144,15 +166,6 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 "the input length must not exceed sequence_length; received "
                 f"input length={seq_length}, sequence_length={self.sequence_length}"
             )
-        # The mask is computed here from the ids, so the inner embedding needs none.
-        self.token_embedding = ReversibleEmbedding(
-            self.vocabulary_size,
-            self.embedding_dim,
-            embeddings_initializer=clone_initializer(self.embeddings_initializer),
-            reverse_dtype=self.reverse_dtype,
-            dtype=self.dtype_policy,
-            name="token_embedding",
-        )
         self.token_embedding.build(inputs_shape)
         if self.num_segments:
             self.segment_embedding = keras.layers.Embedding(
