@@ -12,6 +12,8 @@ import argparse
 import math
 import sys
 
+from pipelines.tracking import OBJECTIVE_TAG, check_reachable, objective, resolve_tracking_uri
+
 # Per-epoch and bookkeeping metrics: not "final metrics" in the table.
 EPOCH_PREFIXES = ("train_", "val_")
 NOT_FINAL = {"epoch_seconds", "learning_rate", "parameters", "train_seconds"}
@@ -56,13 +58,14 @@ def load_runs(client, experiment: str, sweep: str | None = None, max_runs: int =
 
 
 def default_metric(runs: list) -> str | None:
-    """The runs' objective (tag `objective_metric`), else the first final metric they share."""
+    """The runs' objective (tag `objective_metric`), else `tracking.objective` of the first
+    run's final metrics."""
     for run in runs:
-        if "objective_metric" in run.data.tags:
-            return run.data.tags["objective_metric"]
-    finals = [m for r in runs for m in r.data.metrics if m not in NOT_FINAL
-              and not m.startswith(EPOCH_PREFIXES)]
-    return finals[0] if finals else None
+        if OBJECTIVE_TAG in run.data.tags:
+            return run.data.tags[OBJECTIVE_TAG]
+    finals = {m: v for r in runs for m, v in r.data.metrics.items() if m not in NOT_FINAL
+              and not m.startswith(EPOCH_PREFIXES)}
+    return objective(finals)[0] if finals else None
 
 
 def differing_params(runs: list) -> list[str]:
@@ -170,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mlflow import MlflowClient
-
-    from pipelines.tracking import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:

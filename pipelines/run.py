@@ -20,99 +20,17 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import get_class  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from pipelines.checkpoints import CheckpointHook  # noqa: E402,F401 - re-exported
 from pipelines.distribute import is_chief, make_strategy  # noqa: E402
-from pipelines.tracking import MlflowHook, Tracker  # noqa: E402
-from pipelines.trainer import EarlyStopping, Hook, Trainer  # noqa: E402
+from pipelines.optimizers import make_optimizer  # noqa: E402,F401 - re-exported
+from pipelines.tracking import MlflowHook, Tracker, objective  # noqa: E402
+from pipelines.trainer import EarlyStopping, Trainer  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def _value(option) -> str:
     return str(getattr(option, "value", option))
-
-
-def make_optimizer(tcfg: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """Optimizer with the configured schedule and global-norm clipping."""
-    lr = tcfg.learning_rate
-    schedule = _value(tcfg.lr_schedule)
-    if schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1))
-    elif schedule == "warmup_cosine":
-        warmup = min(tcfg.warmup_steps, max(total_steps - 1, 0))
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=max(total_steps - warmup, 1), warmup_target=tcfg.learning_rate,
-            warmup_steps=warmup,
-        )
-    common = {"learning_rate": lr, "global_clipnorm": tcfg.clip_norm}
-    name = _value(tcfg.optimizer)
-    if name == "adamw":
-        optimizer = keras.optimizers.AdamW(weight_decay=tcfg.weight_decay, **common)
-    elif name == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=0.9, **common)
-    else:
-        optimizer = keras.optimizers.Adam(**common)
-    if _value(tcfg.precision) == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-class CheckpointHook(Hook):
-    """Saves model, optimizer, dropout RNG and trainer state at every epoch end and save point
-    (`trainer.checkpoint_every_steps`); restores on re-run. Checkpoints are numbered by the
-    batches consumed (`state["step"]`), which is also where a resumed run picks up the data."""
-
-    def __init__(self, directory: pathlib.Path, model, optimizer, write: bool = True):
-        self.directory = pathlib.Path(directory)
-        # Keras leaves the dropout seed generators' states out of the checkpoint's object
-        # graph; listing the non-trainable variables puts them in (a variable reached by two
-        # paths is saved once), so a resumed run draws the same dropout masks.
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                              rng=list(model.non_trainable_variables))
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), 2)
-        self.state_file = self.directory / "trainer_state.json"
-        self.write = write
-        # The best epoch's weights, so that a resumed run still ends on them.
-        self.best = tf.train.Checkpoint(model=model)
-        self.best_prefix = str(self.directory / "best" / "weights")
-
-    def restore(self, trainer: Trainer) -> bool:
-        if not (self.manager.latest_checkpoint and self.state_file.exists()):
-            return False
-        trainer.state = json.loads(self.state_file.read_text())
-        # The state file is written after the checkpoint, so a kill in between leaves it one
-        # save behind: restore the checkpoint it describes (still kept, max_to_keep=2).
-        # States from before step numbering fall back to the latest.
-        suffix = f"-{trainer.state.get('step')}"
-        path = next((p for p in self.manager.checkpoints if p.endswith(suffix)),
-                    self.manager.latest_checkpoint)
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        log.info("restored %s (epoch %d done, %d steps in all)", path, trainer.state["epoch"],
-                 trainer.state.get("step", 0))
-        return True
-
-    def restore_best(self) -> bool:
-        """Loads the best epoch's weights saved by an earlier (interrupted) process."""
-        if not pathlib.Path(self.best_prefix + ".index").exists():
-            return False
-        self.best.read(self.best_prefix).expect_partial()
-        return True
-
-    def on_save_point(self, trainer):
-        self._save(trainer)
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        if self.write and trainer.state.get("best_epoch") == epoch:
-            self.best.write(self.best_prefix)
-        self._save(trainer)
-
-    def _save(self, trainer):
-        """Only the chief writes (`write`); the others restore the chief's files."""
-        if not self.write:
-            return
-        self.manager.save(checkpoint_number=trainer.state["step"])
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(trainer.state))
-        tmp.replace(self.state_file)
 
 
 @dataclasses.dataclass
@@ -130,7 +48,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     """
     metrics = execute(cfg, run_dir).metrics
     print(json.dumps(metrics))
-    return {**metrics, "objective": next(iter(metrics.values()))}
+    return {**metrics, "objective": objective(metrics)[1]}
 
 
 def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunResult:
@@ -172,7 +90,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
 
         with strategy.scope():
             model = task.build_model()
-            optimizer = make_optimizer(tcfg, total_steps=steps * tcfg.epochs)
+            lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")  # NaN recovery halves it
+            optimizer = make_optimizer(tcfg, total_steps=steps * tcfg.epochs, lr_scale=lr_scale)
             optimizer.build(model.trainable_variables)
         log.info("model %s: %s parameters", model.name, f"{model.count_params():,}")
         tracker.log_metrics({"parameters": model.count_params()})
@@ -185,7 +104,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
                           hooks=[*task.hooks(model, splits), early, checkpoints, MlflowHook(tracker)],
                           verbose=tcfg.verbose,
                           checkpoint_every_steps=tcfg.checkpoint_every_steps,
-                          max_nan_recoveries=tcfg.max_nan_recoveries)
+                          max_nan_recoveries=tcfg.max_nan_recoveries, lr_scale=lr_scale)
         checkpoints.restore(trainer)
         trainer.fit(train_ds, val_ds, tcfg.epochs, steps, tcfg.eval_steps)
 

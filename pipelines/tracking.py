@@ -33,6 +33,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.hooks import Hook
+
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -40,6 +42,7 @@ PARENT_RUN_ID_FILE = "mlflow_parent_run_id"  # in the sweep directory
 MAX_PARAM_LENGTH = 500  # MLflow accepts more, but the UI and `compare` stay readable
 PARAMS_PER_CALL = 100   # MLflow's limit for one log_batch call
 TRUNCATED = "...[truncated]"
+OBJECTIVE_TAG = "objective_metric"
 
 # A tracking server that dies mid-run must cost seconds, not MLflow's default of 7 retries
 # with exponential backoff (minutes) per call. Users' own settings win.
@@ -55,6 +58,16 @@ _CONNECTION_ERRORS = ("Max retries exceeded", "Connection refused", "ConnectionE
 
 class TrackingError(RuntimeError):
     """MLflow cannot be used for this run (raised before training, with what to do)."""
+
+
+def objective(metrics: dict[str, float]) -> tuple[str, float]:
+    """The run's objective: the task's first metric (tasks list their headline metric first,
+    e.g. `accuracy`, `bleu`, `f1`). The one place that decides it: `run()` returns its value
+    for sweeps, the tracker tags its name (`objective_metric`) and `compare` ranks by it."""
+    if not metrics:
+        raise ValueError("a run without metrics has no objective")
+    name = next(iter(metrics))
+    return name, metrics[name]
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, str]:
@@ -229,6 +242,7 @@ class Tracker:
         self.resumed = False
         self.offline = False  # set when the server stopped answering mid-run
         self.model_uri: str | None = None
+        self.finished = False  # the run is ended: later finish() calls do nothing
 
     @classmethod
     def disabled(cls, cfg: DictConfig, run_dir: pathlib.Path) -> "Tracker":
@@ -391,12 +405,12 @@ class Tracker:
         self._guard("log metrics", mlflow.log_metrics, clean, step=step)
 
     def log_final_metrics(self, metrics: dict) -> None:
-        """The task metrics; the first one is the objective (tag `objective_metric`)."""
+        """The task metrics, and the objective's name as the tag `objective_metric`."""
         import mlflow
 
         self.log_metrics(metrics)
         if metrics:
-            self._guard("tag the objective", mlflow.set_tag, "objective_metric", next(iter(metrics)))
+            self._guard("tag the objective", mlflow.set_tag, OBJECTIVE_TAG, objective(metrics)[0])
 
     def log_artifact(self, path: pathlib.Path, artifact_path: str | None = None) -> None:
         import mlflow
@@ -472,9 +486,20 @@ class Tracker:
         return info.model_uri
 
     # ------------------------------------------------------------------ end
+    def stopped(self, signal_name: str, where: str) -> None:
+        """Ends the run as KILLED after a signal stopped training, with tags saying where
+        (`stopped_by`, `stopped_at`); a re-run re-attaches it and ends it FINISHED."""
+        import mlflow
+
+        self._guard("tag where training stopped", mlflow.set_tags,
+                    {"stopped_by": signal_name, "stopped_at": where})
+        self.finish("KILLED")
+
     def finish(self, status: str = "FINISHED") -> None:
-        if not self.enabled or self.run_id is None:
+        """Ends the run with `status` (FINISHED, FAILED or KILLED); only the first call counts."""
+        if not self.enabled or self.run_id is None or self.finished:
             return
+        self.finished = True
         import mlflow
 
         if self.offline:
@@ -491,24 +516,30 @@ class Tracker:
         if self.parent_run_id:
             # The parent ends with every job; the next job marks it RUNNING again.
             self._guard("end the sweep's parent run", mlflow.MlflowClient().set_terminated,
-                        self.parent_run_id, "FINISHED" if status == "FINISHED" else "FAILED")
+                        self.parent_run_id,
+                        status if status in ("FINISHED", "KILLED") else "FAILED")
 
 
-class MlflowHook:
+class MlflowHook(Hook):
     """Logs every epoch's metrics with `step=epoch` (1-based, so resumed runs never repeat) and
-    the training curves (the whole history, resumed epochs included) at the end.
+    the training curves (the whole history, resumed epochs included) at the end; ends the run
+    as KILLED, saying where, when a signal stops training.
 
-    A `pipelines.trainer.Hook` by its methods; not a subclass, so that importing this module
-    (`pipelines.compare` does) does not import TensorFlow."""
+    `pipelines.hooks.Hook` is the trainer's `Hook` without TensorFlow, so importing this module
+    (`pipelines.compare` does) stays fast."""
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
-
-    def on_train_begin(self, trainer):
-        pass
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.tracker.log_metrics(logs, step=epoch + 1)
 
     def on_train_end(self, trainer, logs):
-        self.tracker.log_training_curves(trainer.state.get("history", []))
+        self.tracker.log_training_curves(trainer.state.history)
+
+    def on_interrupt(self, trainer, signal_name):
+        state = trainer.state
+        steps = state.partial.steps if state.partial else 0
+        self.tracker.stopped(signal_name, f"epoch {state.epoch + (1 if steps else 0)}"
+                             + (f", step {steps}" if steps else " end")
+                             + f" ({state.step} steps in all)")

@@ -7,14 +7,20 @@ workers and a TPU. What users like about `fit` stays: a progress bar with loss a
 per-epoch validation, early stopping, learning-rate schedules, gradient clipping, logs.
 
 Everything else (MLflow, checkpoints, pictures) plugs in as a `Hook`; the loop does not know
-about them. The loop does own two kinds of fault tolerance: save points every
+about them. The loop does own three kinds of fault tolerance: save points every
 `checkpoint_every_steps` steps (hooks save there; `state` then says where in the data stream and
-in the epoch the run is) and recovery from a non-finite loss (`max_nan_recoveries`).
+in the epoch the run is), recovery from a non-finite loss (`max_nan_recoveries`), and a clean
+stop on SIGTERM/SIGINT: the current step finishes, a save point is written, hooks hear
+`on_interrupt`, and `fit` raises `TrainingInterrupted`, whose exit status is 128 + the signal
+number (143 for SIGTERM, 130 for SIGINT). A second signal ends the process at once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from typing import Callable, Iterable
 
@@ -22,7 +28,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipelines.hooks import Hook, PartialEpoch, TrainerState
+
+__all__ = ["EarlyStopping", "Hook", "PartialEpoch", "Trainer", "TrainerState",
+           "TrainingInterrupted"]
+
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP_VOTE = "__stop__"  # rides in the step's statistics: every worker learns of a signal
 
 # loss_fn(y_true, y_pred) -> per-example loss (B,); stats_fn(y_true, y_pred) ->
 # {name: (total, count)} summed over the batch, for monitoring only.
@@ -30,18 +44,17 @@ LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 StatsFn = Callable[[tf.Tensor, tf.Tensor], dict]
 
 
-class Hook:
-    """Called by the trainer at the edges of training; override what you need."""
+class TrainingInterrupted(SystemExit):
+    """`fit` stopped on a signal after writing a save point; re-running the same command
+    resumes there. As a `SystemExit` it ends the process with `code` = 128 + the signal number
+    (143 for SIGTERM, 130 for SIGINT), not with a traceback."""
 
-    def on_train_begin(self, trainer: "Trainer") -> None: ...
+    def __init__(self, signal_name: str, code: int, where: str):
+        super().__init__(code)
+        self.signal_name, self.where = signal_name, where
 
-    def on_save_point(self, trainer: "Trainer") -> None:
-        """Every `checkpoint_every_steps` steps inside an epoch; `trainer.state` holds the
-        partial epoch (`state["partial"]`) and the batches consumed (`state["step"]`)."""
-
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: dict) -> None: ...
-
-    def on_train_end(self, trainer: "Trainer", logs: dict) -> None: ...
+    def __str__(self) -> str:
+        return f"training stopped by {self.signal_name} {self.where} (exit status {self.code})"
 
 
 class EarlyStopping(Hook):
@@ -52,10 +65,11 @@ class EarlyStopping(Hook):
     """
 
     def __init__(self, monitor: str, patience: int | None, mode: str = "max",
-                 restore_saved: Callable[[], bool] | None = None):
+                 restore_saved: Callable[[int], bool] | None = None):
         self.monitor, self.patience, self.mode = monitor, patience, mode
         self.best_weights = None
-        self.restore_saved = restore_saved  # loads the best weights after a resume
+        # restore_saved(best_epoch) loads the best weights that an earlier process saved.
+        self.restore_saved = restore_saved
 
     def _better(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -70,23 +84,25 @@ class EarlyStopping(Hook):
                 f"available: {sorted(logs)}"
             )
         state = trainer.state
-        if self._better(value, state.get("best")):
-            state.update(best=float(value), best_epoch=epoch, wait=0)
+        if self._better(value, state.best):
+            state.best, state.best_epoch, state.wait = float(value), epoch, 0
             self.best_weights = trainer.model.get_weights()
         else:
-            state["wait"] = state.get("wait", 0) + 1
-            if self.patience is not None and state["wait"] >= self.patience:
+            state.wait += 1
+            if self.patience is not None and state.wait >= self.patience:
                 log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
-                         self.monitor, self.patience, state["best"], state["best_epoch"] + 1)
+                         self.monitor, self.patience, state.best, state.best_epoch + 1)
                 trainer.stop_training = True
 
     def on_train_end(self, trainer, logs):
+        state = trainer.state
         if self.best_weights is not None:
             trainer.model.set_weights(self.best_weights)
-        elif not (self.restore_saved and "best_epoch" in trainer.state and self.restore_saved()):
+        elif not (self.restore_saved and state.best_epoch is not None
+                  and self.restore_saved(state.best_epoch)):
             return
         log.info("restored the weights of epoch %d (%s=%.4f)",
-                 trainer.state["best_epoch"] + 1, self.monitor, trainer.state["best"])
+                 state.best_epoch + 1, self.monitor, state.best)
 
 
 class Trainer:
@@ -106,30 +122,41 @@ class Trainer:
             epoch ends; None = epoch ends only.
         max_nan_recoveries: how often a non-finite training loss may restore the last save
             point's weights and halve the learning rate before training fails; 0 = never.
+        lr_scale: the variable that scales the optimizer's learning rate
+            (`pipelines.optimizers.ScaledSchedule`, as `make_optimizer(..., lr_scale=)` builds
+            it); NaN recovery halves it. Without it, recovery halves a constant rate through
+            the optimizer's `learning_rate` setter, and a schedule cannot be halved.
+        handle_signals: stop cleanly on SIGTERM/SIGINT during `fit` (main thread only).
     """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                  loss_fn: LossFn, stats_fn: StatsFn, strategy: tf.distribute.Strategy,
                  global_batch_size: int, jit_compile: bool = False,
                  hooks: Iterable[Hook] = (), verbose: bool = True,
-                 checkpoint_every_steps: int | None = None, max_nan_recoveries: int = 0):
+                 checkpoint_every_steps: int | None = None, max_nan_recoveries: int = 0,
+                 lr_scale: tf.Variable | None = None, handle_signals: bool = True):
         if checkpoint_every_steps is not None and checkpoint_every_steps < 1:
             raise ValueError("trainer.checkpoint_every_steps must be >= 1 or null; received "
                              f"{checkpoint_every_steps}")
         if max_nan_recoveries < 0:
             raise ValueError("trainer.max_nan_recoveries must be >= 0; received "
                              f"{max_nan_recoveries}")
+        if max_nan_recoveries and lr_scale is None and not _constant_rate(optimizer):
+            raise ValueError(
+                "trainer.max_nan_recoveries needs a learning rate it can halve: a constant "
+                "rate, or a schedule wrapped in pipelines.optimizers.ScaledSchedule and its "
+                "variable passed as lr_scale (make_optimizer(..., lr_scale=) builds one); "
+                f"received max_nan_recoveries={max_nan_recoveries} with a schedule")
         self.model, self.optimizer = model, optimizer
         self.loss_fn, self.stats_fn = loss_fn, stats_fn
         self.strategy, self.global_batch_size = strategy, global_batch_size
         self.jit_compile, self.hooks, self.verbose = jit_compile, list(hooks), verbose
         self.checkpoint_every_steps = checkpoint_every_steps
         self.max_nan_recoveries = max_nan_recoveries
+        self.lr_scale, self.handle_signals = lr_scale, handle_signals
         self.stop_training = False
-        # Saved with checkpoints: epochs done, batches consumed, the history, and mid-epoch
-        # `partial` = {"steps", "totals"}; after a NaN recovery also `nan_recoveries`, `lr_scale`.
-        self.state: dict = {"epoch": 0, "step": 0, "history": []}
-        self._lr_scale = self._scalable_schedule() if max_nan_recoveries else None
+        self.state = TrainerState()  # saved with checkpoints, restored on resume
+        self.stop_signal: str | None = None  # the signal that asked this process to stop
         self._last_good: list | None = None  # host copies of the last finite save point
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
@@ -139,7 +166,7 @@ class Trainer:
         model, optimizer = self.model, self.optimizer
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-        def replica_step(x, y):
+        def replica_step(x, y, stop_vote):
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
                 per_example = self.loss_fn(y, y_pred)
@@ -154,6 +181,9 @@ class Trainer:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             stats = self.stats_fn(y, y_pred)
             stats["loss"] = _sum_and_count(per_example)
+            # Summed across replicas like the statistics: > 0 when any worker had a signal
+            # (what tf.distribute's PreemptionCheckpointHandler agrees on), at no extra sync.
+            stats[_STOP_VOTE] = (tf.identity(stop_vote), tf.ones_like(stop_vote))
             return stats
 
         return self._distributed(replica_step, self.jit_compile)
@@ -175,16 +205,16 @@ class Trainer:
         # The steps hold no Python control flow on tensors, so AutoGraph has nothing to
         # convert; skipping it also keeps a long run immune to source edits on disk.
         @tf.autograph.experimental.do_not_convert
-        def float_step(x, y):
-            stats = replica_step(x, y)
+        def float_step(x, y, *extra):
+            stats = replica_step(x, y, *extra)
             return {name: tuple(tf.cast(v, tf.float32) for v in pair) for name, pair in stats.items()}
 
         replica_fn = tf.function(float_step, jit_compile=True) if jit_compile else float_step
 
         @tf.function(autograph=False)
-        def step(batch):
+        def step(batch, *extra):
             x, y = batch
-            per_replica = strategy.run(replica_fn, args=(x, y))
+            per_replica = strategy.run(replica_fn, args=(x, y, *extra))
             return {
                 name: tuple(strategy.reduce("SUM", v, axis=None) for v in pair)
                 for name, pair in per_replica.items()
@@ -199,28 +229,35 @@ class Trainer:
         per-epoch history.
 
         `train_ds` repeats forever; `steps_per_epoch` cuts it into epochs. A resumed run skips
-        the `state["step"]` batches it already trained on, so it sees the same stream as an
+        the `state.step` batches it already trained on, so it sees the same stream as an
         uninterrupted one. Skipping replays a seeded, deterministic stream rather than saving
         the iterator: a checkpointed tf.data iterator would hold the whole shuffle buffer
         (the training split, images included), cannot be saved from every distributed
         iterator, and breaks when the input pipeline changes; the replay costs only the input
         pipeline's time for the skipped batches. Under multi-worker sharding every worker
         skips the same global batches before its shard, so the position holds there too.
+
+        Raises:
+            TrainingInterrupted: a SIGTERM/SIGINT arrived; the save point is written.
         """
+        with self._signals_stop_training():
+            return self._fit(train_ds, val_ds, epochs, steps_per_epoch, eval_steps)
+
+    def _fit(self, train_ds, val_ds, epochs, steps_per_epoch, eval_steps):
+        state = self.state
         for hook in self.hooks:
             hook.on_train_begin(self)
-        self.state.setdefault("step", 0)  # absent in states saved before mid-epoch resume
-        if self._lr_scale is not None:
-            self._lr_scale.assign(self.state.get("lr_scale", 1.0))
-        start, partial = self.state["epoch"], self.state.get("partial", {"steps": 0, "totals": {}})
+        if self.lr_scale is not None:
+            self.lr_scale.assign(state.lr_scale)
+        start, partial = state.epoch, state.partial or PartialEpoch()
         if start >= epochs:
             log.info("training already finished (%d of %d epochs)", start, epochs)
-        elif start or partial["steps"]:
+        elif start or partial.steps:
             log.info("resuming at epoch %d of %d%s", start + 1, epochs,
-                     f" (step {partial['steps']} of {steps_per_epoch})" if partial["steps"] else "")
+                     f" (step {partial.steps} of {steps_per_epoch})" if partial.steps else "")
         if start < epochs:
-            if self.state["step"]:
-                train_ds = train_ds.skip(self.state["step"])
+            if state.step:
+                train_ds = train_ds.skip(state.step)
             iterator = iter(self._distribute(train_ds))
             self._remember_good()
         for epoch in range(start, epochs):
@@ -231,35 +268,42 @@ class Trainer:
                                       stateful_metrics=None)
             # A resumed epoch continues the saved sums, so its train_* logs equal an
             # uninterrupted epoch's.
-            totals = {k: tuple(v) for k, v in partial["totals"].items()}
-            for step in range(partial["steps"], steps_per_epoch):
-                stats = self._train_step(next(iterator))
-                self.state["step"] += 1
-                if not self._finite(stats, f"in epoch {epoch + 1}, step {step + 1}"):
-                    continue  # recovered; a NaN in the sums would poison the epoch's means
-                _accumulate(totals, stats)
-                bar.update(step + 1, values=[(k, v) for k, v in _means(stats).items()])
+            totals = {k: tuple(v) for k, v in partial.totals.items()}
+            stop = False
+            for step in range(partial.steps, steps_per_epoch):
+                stats = self._train_step(next(iterator), self._stop_vote())
+                stop = float(stats.pop(_STOP_VOTE)[0]) > 0  # the same on every worker
+                state.step += 1
+                # False after a recovery: a NaN in the sums would poison the epoch's means.
+                if self._finite(stats, f"in epoch {epoch + 1}, step {step + 1}"):
+                    _accumulate(totals, stats)
+                    bar.update(step + 1, values=[(k, v) for k, v in _means(stats).items()])
                 every = self.checkpoint_every_steps
-                if every and self.state["step"] % every == 0 and step + 1 < steps_per_epoch:
-                    self._save_point({"steps": step + 1, "totals": totals})
-            partial = {"steps": 0, "totals": {}}
-            self.state.pop("partial", None)
+                if step + 1 < steps_per_epoch and (stop or every and state.step % every == 0):
+                    self._save_point(PartialEpoch(step + 1, totals))
+                if stop and step + 1 < steps_per_epoch:
+                    self._interrupt(f"in epoch {epoch + 1} at step {step + 1} of "
+                                    f"{steps_per_epoch} ({state.step} steps in all)")
+            partial = PartialEpoch()
+            state.partial = None
             logs = {f"train_{k}": v for k, v in _means(totals).items()}
             if val_ds is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(val_ds, eval_steps).items()})
             logs["epoch_seconds"] = time.time() - began
             logs["learning_rate"] = float(_current_lr(self.optimizer))
-            self.state["history"].append(logs)
+            state.history.append(logs)
             log.info("epoch %d/%d %s", epoch + 1, epochs,
                      " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
-            self.state["epoch"] = epoch + 1
+            state.epoch = epoch + 1
             self._remember_good()
             for hook in self.hooks:
-                hook.on_epoch_end(self, epoch, logs)
-        final = self.state["history"][-1] if self.state["history"] else {}
+                hook.on_epoch_end(self, epoch, logs)  # the epoch's save point
+            if stop:
+                self._interrupt(f"after epoch {epoch + 1} ({state.step} steps in all)")
+        final = state.history[-1] if state.history else {}
         for hook in self.hooks:
             hook.on_train_end(self, final)
-        return self.state["history"]
+        return state.history
 
     def _distribute(self, dataset: tf.data.Dataset):
         """Splits the global batches across replicas and workers. The tasks' datasets are in
@@ -270,28 +314,59 @@ class Trainer:
             tf.data.experimental.AutoShardPolicy.DATA)
         return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
-    def _save_point(self, partial: dict) -> None:
-        self.state["partial"] = partial
+    def _save_point(self, partial: PartialEpoch) -> None:
+        self.state.partial = partial
         self._remember_good()
-        for hook in self.hooks:  # hooks need not subclass Hook (MlflowHook does not)
-            if hasattr(hook, "on_save_point"):
-                hook.on_save_point(self)
+        for hook in self.hooks:
+            hook.on_save_point(self)
+
+    # ------------------------------------------------------------------ signals
+    def request_stop(self, signal_name: str = "SIGTERM") -> None:
+        """Asks training to stop cleanly after the next step (what a signal does)."""
+        if self.stop_signal is None:
+            self.stop_signal = signal_name
+            log.warning("%s received: training stops after the current step with a save point "
+                        "(a second signal exits at once)", signal_name)
+
+    def _stop_vote(self) -> tf.Tensor:
+        return tf.constant(0.0 if self.stop_signal is None else 1.0)
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self):
+        """SIGTERM/SIGINT call `request_stop` during `fit`; the handler hands both signals back
+        to the system's default, so that a second one ends the process at once (also while
+        the save point is written: writes are atomic). Without a signal the previous handlers
+        return after `fit`."""
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            for number in STOP_SIGNALS:
+                signal.signal(number, signal.SIG_DFL)
+            self.request_stop(signal.Signals(signum).name)
+
+        previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            if self.stop_signal is None:
+                for number, old in previous.items():
+                    signal.signal(number, old)
+
+    def _interrupt(self, where: str) -> None:
+        """Every worker stops here on the same step: hooks hear it, then the process exits
+        with 128 + the signal number. A worker that had no signal itself (its peer had) exits
+        as after a SIGTERM."""
+        name = self.stop_signal or "SIGTERM"
+        code = 128 + int(getattr(signal, name))
+        log.warning("stopped by %s %s; the save point is written: re-run the same command to "
+                    "resume (exit status %d)", name, where, code)
+        for hook in self.hooks:
+            hook.on_interrupt(self, name)
+        raise TrainingInterrupted(name, code, where)
 
     # ------------------------------------------------------------------ NaN recovery
-    def _scalable_schedule(self) -> tf.Variable | None:
-        """A schedule's rate cannot be set, so NaN recovery needs it as `schedule(step) *
-        scale`, wrapped before the step is traced; the scale lives in `state["lr_scale"]`
-        across resumes. A constant rate is an optimizer variable: recovery sets it and
-        checkpoints keep it (None here)."""
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # loss scaling
-        schedule = inner._learning_rate  # the public getter evaluates the schedule
-        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            return None
-        with self.strategy.scope():
-            scale = tf.Variable(1.0, trainable=False, name="lr_scale")
-        inner.learning_rate = _ScaledSchedule(schedule, scale)
-        return scale
-
     def _remember_good(self) -> None:
         """Keeps host copies of the weights and optimizer state at a save point, if finite:
         what a NaN recovery restores (in memory, so every worker can, chief or not)."""
@@ -311,7 +386,8 @@ class Trainer:
         loss = float(stats["loss"][0])
         if math.isfinite(loss):
             return True
-        done = self.state.get("nan_recoveries", 0)
+        state = self.state
+        done = state.nan_recoveries
         if done >= self.max_nan_recoveries or self._last_good is None:
             raise FloatingPointError(
                 f"the training loss became {loss} {where}"
@@ -322,11 +398,11 @@ class Trainer:
         halved = _current_lr(self.optimizer) / 2  # before the restore takes a constant back
         for variable, value in zip(self._remembered_variables(), self._last_good):
             variable.assign(value)
-        self.state.update(nan_recoveries=done + 1, lr_scale=self.state.get("lr_scale", 1.0) / 2)
-        if self._lr_scale is None:
-            self.optimizer.learning_rate = halved
+        state.nan_recoveries, state.lr_scale = done + 1, state.lr_scale / 2
+        if self.lr_scale is None:
+            self.optimizer.learning_rate = halved  # a constant: the optimizer's own variable
         else:
-            self._lr_scale.assign(self.state["lr_scale"])
+            self.lr_scale.assign(state.lr_scale)
         log.warning("the training loss became %s %s: restored the last save point's weights and "
                     "halved the learning rate to %.3g (recovery %d of %d)", loss, where,
                     _current_lr(self.optimizer), done + 1, self.max_nan_recoveries)
@@ -342,16 +418,6 @@ class Trainer:
         return _means(totals)
 
 
-class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule(step) * scale`."""
-
-    def __init__(self, schedule, scale: tf.Variable):
-        self.schedule, self.scale = schedule, scale
-
-    def __call__(self, step):
-        return tf.cast(self.schedule(step), self.scale.dtype) * self.scale
-
-
 def _sum_and_count(per_example: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     per_example = tf.cast(per_example, tf.float32)
     return tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32)
@@ -365,6 +431,13 @@ def _accumulate(totals: dict, stats: dict) -> None:
 
 def _means(totals: dict) -> dict:
     return {name: float(total) / max(float(count), 1e-12) for name, (total, count) in totals.items()}
+
+
+def _constant_rate(optimizer) -> bool:
+    """Whether the learning rate is a number (settable), not a schedule; asked through the
+    optimizer's public config (a schedule serializes to a dict)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
+    return isinstance(inner.get_config()["learning_rate"], (int, float))
 
 
 def _current_lr(optimizer) -> float:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.run import CheckpointHook
+from pipelines.checkpoints import CheckpointHook
+from pipelines.optimizers import ScaledSchedule
 from pipelines.trainer import Hook, Trainer
 from tests.conftest import REPO
 from tests.e2e.test_cli import _cli
@@ -27,6 +28,9 @@ def _trainer(lr=0.05, **kwargs):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dropout(0.3), keras.layers.Dense(2)])
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        kwargs["lr_scale"] = tf.Variable(1.0, trainable=False)  # as make_optimizer builds it
+        lr = ScaledSchedule(lr, kwargs["lr_scale"])
     optimizer = keras.optimizers.Adam(lr)
     optimizer.build(model.trainable_variables)
     return Trainer(model, optimizer, _loss, _stats, tf.distribute.get_strategy(), 32,
@@ -57,7 +61,7 @@ class _KillAt(Hook):
         self.step = step
 
     def on_save_point(self, trainer):
-        if trainer.state["step"] == self.step:
+        if trainer.state.step == self.step:
             raise _Killed
 
 
@@ -79,10 +83,10 @@ def test_resume_from_a_mid_epoch_checkpoint_equals_the_uninterrupted_run(tmp_pat
     hook = CheckpointHook(tmp_path, resumed.model, resumed.optimizer)
     resumed.hooks.append(hook)
     assert hook.restore(resumed)
-    assert resumed.state["epoch"] == 1 and resumed.state["partial"]["steps"] == 2
+    assert resumed.state.epoch == 1 and resumed.state.partial.steps == 2
     history = resumed.fit(*_datasets(), epochs=3, steps_per_epoch=4)
     # Same data position, dropout RNG, optimizer state and partial epoch sums: same floats.
-    assert _without_seconds(history) == _without_seconds(expected.state["history"])
+    assert _without_seconds(history) == _without_seconds(expected.state.history)
     for w1, w2 in zip(expected.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(w1, w2)
     # Numbered by steps: the save point at step 9 (epoch 3) and the end at step 12 remain.
@@ -111,7 +115,7 @@ def test_nan_loss_restores_the_last_save_point_and_halves_the_learning_rate(sche
     _poison(trainer, first=5, last=5)  # epoch 2, step 1; the last save point is epoch 1's end
     history = trainer.fit(_datasets()[0], None, epochs=2, steps_per_epoch=4)
 
-    assert trainer.state["nan_recoveries"] == 1 and trainer.state["lr_scale"] == 0.5
+    assert trainer.state.nan_recoveries == 1 and trainer.state.lr_scale == 0.5
     assert "halved the learning rate" in caplog.text
     assert int(trainer.optimizer.iterations) == 7  # step 5 undone (back to 4), then 6, 7, 8
     assert all(np.isfinite(w).all() for w in trainer.model.get_weights())
@@ -134,7 +138,7 @@ def test_nan_recoveries_run_out_with_a_clear_error():
             r"trainer.learning_rate, set trainer.clip_norm or raise "
             r"trainer.max_nan_recoveries \(now 2\)")):
         trainer.fit(_datasets()[0], None, epochs=2, steps_per_epoch=4)
-    assert trainer.state["nan_recoveries"] == 2 and trainer.state["lr_scale"] == 0.25
+    assert trainer.state.nan_recoveries == 2 and trainer.state.lr_scale == 0.25
     assert float(trainer.optimizer.learning_rate) == pytest.approx(0.05 / 4)
     assert int(trainer.optimizer.iterations) == 1  # each recovery went back to the start
 

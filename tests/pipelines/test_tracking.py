@@ -258,3 +258,18 @@ def test_compare_ranks_runs_and_shows_differing_params(store, tmp_path, capsys):
 
 def test_compare_ranking_direction():
     assert compare.lower_is_better("val_loss") and not compare.lower_is_better("bleu")
+
+
+def test_the_objective_is_the_first_metric_everywhere(store):
+    from pipelines.hooks import Hook
+
+    assert tracking.objective({"bleu": 31.9, "chrf": 55.0}) == ("bleu", 31.9)
+    with pytest.raises(ValueError, match="no objective"):
+        tracking.objective({})
+    assert issubclass(tracking.MlflowHook, Hook)
+    client = MlflowClient(store)
+    run = client.create_run(client.create_experiment("untagged"))
+    client.log_metric(run.info.run_id, "f1", 0.8)
+    client.log_metric(run.info.run_id, "val_loss", 0.3)
+    # Without the tag, compare ranks by the objective of the final metrics (not val_*).
+    assert compare.default_metric(compare.load_runs(client, "untagged")) == "f1"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.run import CheckpointHook
-from pipelines.trainer import EarlyStopping, Trainer
+from pipelines.checkpoints import CheckpointHook
+from pipelines.trainer import EarlyStopping, PartialEpoch, Trainer, TrainerState
 
 
 def _loss(y, y_pred):
@@ -51,7 +51,7 @@ def test_trainer_learns_and_reports_history():
     trainer = _trainer(tf.distribute.get_strategy())
     train, val = _datasets()
     history = trainer.fit(train, val, epochs=5, steps_per_epoch=8)
-    assert len(history) == 5 and trainer.state["epoch"] == 5
+    assert len(history) == 5 and trainer.state.epoch == 5
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_accuracy"] > 0.85
     assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history[0])
@@ -91,7 +91,7 @@ def test_early_stopping_stops_and_restores_best_weights():
         early.on_epoch_end(trainer, epoch, {"val_accuracy": value})
         if value == 0.7:
             best = trainer.model.get_weights()
-    assert trainer.stop_training and trainer.state["best_epoch"] == 1
+    assert trainer.stop_training and trainer.state.best_epoch == 1
     early.on_train_end(trainer, {})
     for w1, w2 in zip(trainer.model.get_weights(), best):
         np.testing.assert_array_equal(w1, w2)
@@ -111,7 +111,7 @@ def test_checkpoint_resumes_weights_optimizer_and_state(tmp_path):
     second = _trainer(tf.distribute.get_strategy(), lr=0.1, seed=1)
     hook = CheckpointHook(tmp_path, second.model, second.optimizer)
     assert hook.restore(second)
-    assert second.state["epoch"] == 2 and len(second.state["history"]) == 2
+    assert second.state.epoch == 2 and len(second.state.history) == 2
     assert int(second.optimizer.iterations.numpy()) == 8
     for w1, w2 in zip(first.model.get_weights(), second.model.get_weights()):
         np.testing.assert_array_equal(w1, w2)
@@ -142,9 +142,42 @@ def test_resumed_run_still_ends_on_the_best_epochs_weights(tmp_path):
 
     first, _ = trainer_with_hooks(0)
     first.fit(train, val, epochs=3, steps_per_epoch=4)
-    assert first.state["best_epoch"] < 2
+    assert first.state.best_epoch < 2
     second, checkpoints = trainer_with_hooks(1)
     assert checkpoints.restore(second)  # the last epoch's weights...
     second.fit(train, val, epochs=3, steps_per_epoch=4)  # ...nothing left to train
     for w1, w2 in zip(first.model.get_weights(), second.model.get_weights()):
         np.testing.assert_array_equal(w1, w2)  # ...and both end on the best epoch's
+
+
+def test_trainer_state_round_trips_through_json_and_refuses_junk():
+    state = TrainerState(epoch=1, step=6, history=[{"train_loss": 0.5}], best=0.7, best_epoch=0,
+                         partial=PartialEpoch(2, {"loss": (1.5, 64.0)}))
+    data = json.loads(json.dumps(state.to_json()))
+    assert data["epoch"] == 1 and data["step"] == 6 and data["partial"]["steps"] == 2
+    assert TrainerState.from_json(data) == state
+    assert "partial" not in TrainerState().to_json()  # unset fields are left out
+    assert TrainerState.from_json({"epoch": 2, "history": []}) == TrainerState(epoch=2)
+    with pytest.raises(ValueError, match="'epoch' has the wrong type; received '3'"):
+        TrainerState.from_json({"epoch": "3"})
+    with pytest.raises(ValueError, match=r"unknown trainer state keys \['epochs'\]"):
+        TrainerState.from_json({"epochs": 3})
+
+
+def test_make_optimizer_scales_its_schedule_through_lr_scale():
+    from omegaconf import OmegaConf
+
+    from pipelines.optimizers import make_optimizer
+
+    tcfg = OmegaConf.create({"learning_rate": 0.1, "lr_schedule": "cosine", "warmup_steps": 0,
+                             "clip_norm": None, "optimizer": "adam", "weight_decay": 0.0,
+                             "precision": "float32"})
+    scale = tf.Variable(1.0, trainable=False)
+    optimizer = make_optimizer(tcfg, total_steps=10, lr_scale=scale)
+    before = float(optimizer.learning_rate)
+    scale.assign(0.5)
+    assert float(optimizer.learning_rate) == pytest.approx(before / 2) and before == pytest.approx(0.1)
+    # A schedule without lr_scale cannot be halved: NaN recovery refuses it up front.
+    with pytest.raises(ValueError, match="max_nan_recoveries needs a learning rate it can halve"):
+        Trainer(_model(), make_optimizer(tcfg, total_steps=10), _loss, _stats,
+                tf.distribute.get_strategy(), 32, max_nan_recoveries=1)
