@@ -63,12 +63,15 @@ class _CharEncoder(keras.layers.Layer):
     """What both encoders share: argument checks, the character embedding, folding
     `(B, T, L)` into `(B*T, L)` words and back, and the config."""
 
-    def __init__(self, num_chars, char_dim, embeddings_initializer, **kwargs):
+    def __init__(self, num_chars, char_dim, dropout, embeddings_initializer, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("num_chars", num_chars)
         _check_positive_int("char_dim", char_dim)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a float in [0, 1); received dropout={dropout!r}")
         self.num_chars = num_chars
         self.char_dim = char_dim
+        self.dropout = dropout
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
 
     def _build_embedding(self, char_ids_shape):
@@ -85,12 +88,16 @@ class _CharEncoder(keras.layers.Layer):
             name="char_embedding",
         )
         self.embedding.build((None, char_ids_shape[-1]))
+        self.embedding_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="char_dropout"
+        )
 
     def call(self, char_ids, training=None):
         shape = ops.shape(char_ids)  # (B, T, L)
         words = ops.reshape(char_ids, (-1, shape[-1]))  # (B*T, L)
         valid = ops.not_equal(words, 0)  # (B*T, L)
         chars = self.embedding(words)  # (B*T, L, E)
+        chars = self.embedding_dropout(chars, training=training)
         encoded = self._encode(chars, valid, training)  # (B*T, D)
         return ops.reshape(encoded, (shape[0], shape[1], self.output_dim))  # (B, T, D)
 
@@ -103,6 +110,7 @@ class _CharEncoder(keras.layers.Layer):
             {
                 "num_chars": self.num_chars,
                 "char_dim": self.char_dim,
+                "dropout": self.dropout,
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer
                 ),
@@ -121,11 +129,13 @@ class CharCNN(_CharEncoder):
 
     Args:
         num_chars: int, the size of the character id table (`char_ids`'s `num_chars`).
-        char_dim: int, the character embedding size. Defaults to `32`.
+        char_dim: int, the character embedding size. Defaults to `30`.
         filters: int, D, the number of convolution filters (the output size).
-            Defaults to `64`.
+            Defaults to `30`.
         kernel_size: int, the convolution width in characters. Defaults to `3`.
         activation: the convolution's activation. Defaults to `"tanh"`.
+        dropout: float in [0, 1), dropout on the character embeddings in training.
+            Defaults to `0.0`.
         embeddings_initializer: initializer of the character embedding.
             Defaults to `"uniform"`.
         kernel_initializer, bias_initializer: of the convolution. Default to
@@ -133,6 +143,7 @@ class CharCNN(_CharEncoder):
 
     Call arguments:
         char_ids: `(B, T, L)` int, character ids with 0 at padding.
+        training: bool, whether the embedding dropout is active.
 
     Returns:
         `(B, T, filters)`; zeros for a word without characters.
@@ -148,16 +159,17 @@ class CharCNN(_CharEncoder):
     def __init__(
         self,
         num_chars,
-        char_dim=32,
-        filters=64,
+        char_dim=30,
+        filters=30,
         kernel_size=3,
         activation="tanh",
+        dropout=0.0,
         embeddings_initializer="uniform",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         **kwargs,
     ):
-        super().__init__(num_chars, char_dim, embeddings_initializer, **kwargs)
+        super().__init__(num_chars, char_dim, dropout, embeddings_initializer, **kwargs)
         _check_positive_int("filters", filters)
         _check_positive_int("kernel_size", kernel_size)
         self.filters = filters
@@ -215,15 +227,17 @@ class CharBiLSTM(_CharEncoder):
 
     Args:
         num_chars: int, the size of the character id table (`char_ids`'s `num_chars`).
-        char_dim: int, the character embedding size. Defaults to `32`.
+        char_dim: int, the character embedding size. Defaults to `25`.
         units: int, U, the LSTM size of each direction; the output has 2U.
-            Defaults to `32`.
+            Defaults to `25`.
+        dropout: float in [0, 1), dropout on the character embeddings in training.
+            Defaults to `0.0`.
         embeddings_initializer: initializer of the character embedding.
             Defaults to `"uniform"`.
 
     Call arguments:
         char_ids: `(B, T, L)` int, character ids with 0 at padding.
-        training: bool (no dropout inside; accepted for symmetry).
+        training: bool, whether the embedding dropout is active.
 
     Returns:
         `(B, T, 2 * units)`; zeros for a word without characters.
@@ -238,12 +252,13 @@ class CharBiLSTM(_CharEncoder):
     def __init__(
         self,
         num_chars,
-        char_dim=32,
-        units=32,
+        char_dim=25,
+        units=25,
+        dropout=0.0,
         embeddings_initializer="uniform",
         **kwargs,
     ):
-        super().__init__(num_chars, char_dim, embeddings_initializer, **kwargs)
+        super().__init__(num_chars, char_dim, dropout, embeddings_initializer, **kwargs)
         _check_positive_int("units", units)
         self.units = units
 

@@ -182,6 +182,7 @@ class LinearChainCRF(keras.layers.Layer):
             shape=(self.num_tags, self.num_tags),
             initializer=self.transitions_initializer,
             dtype="float32",
+            autocast=False,  # float32 scores even under a mixed-precision call
         )
         if self.use_boundary_transitions:
             self.start_transitions = self.add_weight(
@@ -189,12 +190,14 @@ class LinearChainCRF(keras.layers.Layer):
                 shape=(self.num_tags,),
                 initializer=self.transitions_initializer,
                 dtype="float32",
+                autocast=False,
             )
             self.end_transitions = self.add_weight(
                 name="end_transitions",
                 shape=(self.num_tags,),
                 initializer=self.transitions_initializer,
                 dtype="float32",
+                autocast=False,
             )
 
     def call(self, potentials):
@@ -230,7 +233,6 @@ class LinearChainCRF(keras.layers.Layer):
         and the mask (T, B) bool."""
         if not self.built:
             self.build(potentials.shape)
-            self.built = True
         mask = resolve_padding_mask(potentials, padding_mask, length=potentials.shape[1])
         potentials = ops.cast(potentials, "float32")
         if mask is None:

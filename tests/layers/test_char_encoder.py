@@ -113,6 +113,20 @@ def test_all_padding_input_is_finite_zero(cls, kwargs):
     np.testing.assert_array_equal(out, 0.0)
 
 
+@pytest.mark.parametrize("cls", [CharCNN, CharBiLSTM])
+def test_dropout_only_in_training_and_padding_words_stay_zero(cls):
+    keras.utils.set_random_seed(1)
+    layer = cls(num_chars=4, char_dim=8, dropout=0.5)
+    plain = cls.from_config({**layer.get_config(), "dropout": 0.0})
+    out = _np(layer(IDS))
+    plain(IDS)
+    plain.set_weights(layer.get_weights())
+    np.testing.assert_allclose(_np(plain(IDS)), out, atol=1e-6)
+    dropped = _np(layer(IDS, training=True))
+    assert np.abs(dropped - out).max() > 1e-3
+    np.testing.assert_array_equal(dropped[0, 2], 0.0)
+
+
 # --- CharBiLSTM --------------------------------------------------------------------
 
 
@@ -163,6 +177,7 @@ def test_output_shape_and_symbolic_call():
         (CharCNN, {"num_chars": 5, "kernel_size": 0}, "kernel_size must be a positive int"),
         (CharBiLSTM, {"num_chars": 5, "char_dim": 2.5}, "char_dim must be a positive int; received char_dim=2.5"),
         (CharBiLSTM, {"num_chars": 5, "units": None}, "units must be a positive int; received units=None"),
+        (CharCNN, {"num_chars": 5, "dropout": 1.0}, r"dropout must be a float in \[0, 1\); received dropout=1.0"),
     ],
 )
 def test_errors_name_the_argument(cls, kwargs, message):

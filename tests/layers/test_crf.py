@@ -365,3 +365,19 @@ def test_saved_model_decode_equals_in_process(tmp_path):
         mask = np.arange(length)[None, :] < np.array([length, 1, 0])[:, None]
         np.testing.assert_array_equal(_np(served.serving_default(features, mask)),
                                       _np(tag(features, mask)))
+
+
+def test_scores_stay_float32_inside_a_mixed_precision_call():
+    """Called from a mixed_float16 layer's call (an autocast scope), the transitions are
+    not cast to float16."""
+    crf = _random_crf(3, seed=19)
+    crf.set_weights([w + 1e-3 / 3 for w in crf.get_weights()])  # not float16-representable
+    potentials, tags, mask = _random_case(3, 4, 3, seed=20)
+
+    class Caller(keras.layers.Layer):
+        def call(self, x):
+            return crf.log_likelihood(x, tags, mask), crf._scores()[0]
+
+    _, transitions = Caller(dtype="mixed_float16")(potentials)
+    assert transitions.dtype == tf.float32
+    np.testing.assert_array_equal(_np(transitions), _np(crf.transitions))
