@@ -67,7 +67,8 @@ class _CharEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         _check_positive_int("num_chars", num_chars)
         _check_positive_int("char_dim", char_dim)
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        is_rate = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+        if not is_rate or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a float in [0, 1); received dropout={dropout!r}")
         self.num_chars = num_chars
         self.char_dim = char_dim

@@ -56,8 +56,10 @@ def test_char_ids_in_a_graph_of_unknown_shape():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"max_word_length": 0}, "max_word_length must be a positive int; received max_word_length=0"),
-        ({"max_word_length": 3, "num_chars": 2}, "num_chars must be an int >= 3; received num_chars=2"),
+        ({"max_word_length": 0},
+         "max_word_length must be a positive int; received max_word_length=0"),
+        ({"max_word_length": 3, "num_chars": 2},
+         "num_chars must be an int >= 3; received num_chars=2"),
     ],
 )
 def test_char_ids_errors(kwargs, message):
@@ -173,11 +175,15 @@ def test_output_shape_and_symbolic_call():
     "cls, kwargs, message",
     [
         (CharCNN, {"num_chars": 0}, "num_chars must be a positive int; received num_chars=0"),
-        (CharCNN, {"num_chars": 5, "filters": "8"}, "filters must be a positive int; received filters='8'"),
+        (CharCNN, {"num_chars": 5, "filters": "8"},
+         "filters must be a positive int; received filters='8'"),
         (CharCNN, {"num_chars": 5, "kernel_size": 0}, "kernel_size must be a positive int"),
-        (CharBiLSTM, {"num_chars": 5, "char_dim": 2.5}, "char_dim must be a positive int; received char_dim=2.5"),
-        (CharBiLSTM, {"num_chars": 5, "units": None}, "units must be a positive int; received units=None"),
-        (CharCNN, {"num_chars": 5, "dropout": 1.0}, r"dropout must be a float in \[0, 1\); received dropout=1.0"),
+        (CharBiLSTM, {"num_chars": 5, "char_dim": 2.5},
+         "char_dim must be a positive int; received char_dim=2.5"),
+        (CharBiLSTM, {"num_chars": 5, "units": None},
+         "units must be a positive int; received units=None"),
+        (CharCNN, {"num_chars": 5, "dropout": 1.0},
+         r"dropout must be a float in \[0, 1\); received dropout=1.0"),
     ],
 )
 def test_errors_name_the_argument(cls, kwargs, message):
