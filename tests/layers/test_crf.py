@@ -381,3 +381,26 @@ def test_scores_stay_float32_inside_a_mixed_precision_call():
     _, transitions = Caller(dtype="mixed_float16")(potentials)
     assert transitions.dtype == tf.float32
     np.testing.assert_array_equal(_np(transitions), _np(crf.transitions))
+
+
+def test_mirrored_strategy_replicas_agree_with_one_device():
+    """Created in a MirroredStrategy scope (two logical CPUs), every replica gets the
+    one-device log-likelihood, gradients and decode."""
+    crf = _random_crf(3, seed=21)
+    potentials, tags, mask = _random_case(4, 4, 3, seed=22)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = LinearChainCRF(3)
+        mirrored.build((None, None, 3))
+    mirrored.set_weights(crf.get_weights())
+
+    def losses(layer):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer.negative_log_likelihood(potentials, tags, mask))
+        return loss, tape.gradient(loss, layer.trainable_variables), layer.decode(potentials, mask)
+
+    expected = losses(crf)
+    per_replica = strategy.run(tf.function(lambda: losses(mirrored)))
+    for local in strategy.experimental_local_results(per_replica):
+        for a, b in zip(keras.tree.flatten(local), keras.tree.flatten(expected)):
+            np.testing.assert_allclose(_np(a), _np(b), rtol=1e-5, atol=1e-5)
