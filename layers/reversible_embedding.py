@@ -87,12 +87,12 @@ class ReversibleEmbedding(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, inputs_shape=None):
-        # The initializer itself, not a clone, as `keras.layers.Embedding`: an
-        # unseeded clone would draw one more seed and change every later weight.
-        self.embeddings = self.add_weight(
+        # `_embeddings` behind an `embeddings` property, as `keras.layers.Embedding`:
+        # checkpoints written with a plain Embedding restore into this layer.
+        self._embeddings = self.add_weight(
             name="embeddings",
             shape=(self.input_dim, self.output_dim),
-            initializer=self.embeddings_initializer,
+            initializer=clone_initializer(self.embeddings_initializer),
             autocast=False,
         )
         if not self.tie_weights:
@@ -102,6 +102,11 @@ class ReversibleEmbedding(keras.layers.Layer):
                 initializer=clone_initializer(self.embeddings_initializer),
                 autocast=False,
             )
+
+    @property
+    def embeddings(self):
+        """The `(V, D)` table, a float variable in the variable dtype."""
+        return self._embeddings
 
     def call(self, inputs, reverse=False):
         if not reverse:

@@ -26,8 +26,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     - `merge="concat"`: `concat([token + segment, position])`,
       `embedding_dim + position_dim` features.
 
-    The token embedding is a `ReversibleEmbedding`, so a model ties its output
-    layer to it: `embedding.token_embedding(hidden, reverse=True)` maps
+    The token embedding, `self.token_embedding`, is a `ReversibleEmbedding` that
+    exists from construction on, so a model ties its output layer to it: `embedding.token_embedding(hidden, reverse=True)` maps
     `(B, T, embedding_dim)` hidden states to `(B, T, vocabulary_size)` logits.
 
     Args:
@@ -129,28 +129,18 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.position_dim = position_dim
         self.reverse_dtype = reverse_dtype
         self.supports_masking = mask_zero
-        self._token_embedding = None
-
-    @property
-    def token_embedding(self):
-        """The `ReversibleEmbedding` of the tokens, for a tied output layer.
-
-        It exists before the layer is built (it is made on first use), so that a
-        model can tie a head to it in its `__init__`. Made lazily rather than in
-        `__init__`, so that seeded weights stay those of earlier releases (each
-        unseeded initializer clone draws the next seed).
-        """
-        if self._token_embedding is None:
-            # The mask is computed here from the ids, so the inner embedding needs none.
-            self._token_embedding = ReversibleEmbedding(
-                self.vocabulary_size,
-                self.embedding_dim,
-                embeddings_initializer=clone_initializer(self.embeddings_initializer),
-                reverse_dtype=self.reverse_dtype,
-                dtype=self.dtype_policy,
-                name="token_embedding",
-            )
-        return self._token_embedding
+        # Made here, not in `build`, so that a model can tie a head to it in its
+        # own `__init__`. It clones its initializer in its `build`, so seeded
+        # weights are drawn in the same order as before it existed. The mask is
+        # computed here from the ids, so the inner embedding needs none.
+        self.token_embedding = ReversibleEmbedding(
+            vocabulary_size,
+            embedding_dim,
+            embeddings_initializer=self.embeddings_initializer,
+            reverse_dtype=reverse_dtype,
+            dtype=self.dtype_policy,
+            name="token_embedding",
+        )
 
     @property
     def output_dim(self):

@@ -353,3 +353,22 @@ def test_tied_output_projection_and_its_dtype_under_mixed_precision():
 def test_token_and_position_new_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TokenAndPositionEmbedding(11, 6, 8, **kwargs)
+
+
+def test_checkpoints_of_earlier_releases_still_restore(tmp_path):
+    """Runs before the token embedding became reversible wrote the keys of a plain
+    `keras.layers.Embedding` (its variable lives at `_embeddings`); resuming them
+    must find every table."""
+    import tensorflow as tf
+
+    layer = TokenAndPositionEmbedding(11, 6, 8)
+    layer(IDS)
+    path = tf.train.Checkpoint(model=layer).write(str(tmp_path / "ckpt"))
+    assert sorted(name for name, _ in tf.train.list_variables(path))[1:] == [
+        "model/position_embedding/embeddings/.ATTRIBUTES/VARIABLE_VALUE",
+        "model/token_embedding/_embeddings/.ATTRIBUTES/VARIABLE_VALUE",
+    ]
+    plain = keras.layers.Embedding(11, 8)
+    plain.build()
+    plain_path = tf.train.Checkpoint(model=plain).write(str(tmp_path / "plain"))
+    assert "model/_embeddings/.ATTRIBUTES/VARIABLE_VALUE" in dict(tf.train.list_variables(plain_path))
