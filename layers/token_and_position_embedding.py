@@ -1,4 +1,4 @@
-"""Token embedding (+ segment embedding) merged with a position embedding, with a padding mask from id 0."""
+"""Token (+ segment) embedding merged with a position embedding; padding mask from id 0."""
 import math
 
 import keras
@@ -27,8 +27,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
       `embedding_dim + position_dim` features.
 
     The token embedding, `self.token_embedding`, is a `ReversibleEmbedding` that
-    exists from construction on, so a model ties its output layer to it: `embedding.token_embedding(hidden, reverse=True)` maps
-    `(B, T, embedding_dim)` hidden states to `(B, T, vocabulary_size)` logits.
+    exists from construction on, so a model ties its output layer to it:
+    `embedding.token_embedding(hidden, reverse=True)` maps `(B, T, embedding_dim)`
+    hidden states to `(B, T, vocabulary_size)` logits. With `merge="concat"` the
+    hidden states are `embedding_dim + position_dim` wide: project them to
+    `embedding_dim` first (`MaskedLMHead` does).
 
     Args:
         vocabulary_size: int, the number of token ids.
