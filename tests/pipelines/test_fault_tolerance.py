@@ -1,10 +1,12 @@
-"""Fault tolerance: deterministic runs, mid-epoch checkpoints, SIGKILL-and-resume, NaN recovery.
+"""Fault tolerance: deterministic runs, mid-epoch checkpoints, SIGKILL-and-resume, SIGTERM/SIGINT
+stops, NaN recovery (broken checkpoints: test_checkpoints.py).
 
 The in-process tests pin the mechanics exactly (same floats as an uninterrupted run); the CLI
 tests prove the whole path: a fresh process, a real SIGKILL, the same `hydra.run.dir`.
 """
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import tensorflow as tf
 
 from pipelines.checkpoints import CheckpointHook
 from pipelines.optimizers import ScaledSchedule
-from pipelines.trainer import Hook, Trainer
+from pipelines.trainer import Hook, Trainer, TrainingInterrupted
 from tests.conftest import REPO
 from tests.e2e.test_cli import _cli
 from tests.pipelines.test_trainer import _data, _loss, _stats
@@ -77,7 +79,7 @@ def test_resume_from_a_mid_epoch_checkpoint_equals_the_uninterrupted_run(tmp_pat
     # A kill between the next checkpoint and its state file: the state still says step 6.
     for variable in killed.model.trainable_variables:
         variable.assign(tf.zeros_like(variable))
-    hook.manager.save(checkpoint_number=7)
+    hook.checkpoint.write(str(tmp_path / "ckpt-7"))
 
     resumed = _trainer(checkpoint_every_steps=3)
     hook = CheckpointHook(tmp_path, resumed.model, resumed.optimizer)
@@ -91,6 +93,100 @@ def test_resume_from_a_mid_epoch_checkpoint_equals_the_uninterrupted_run(tmp_pat
         np.testing.assert_array_equal(w1, w2)
     # Numbered by steps: the save point at step 9 (epoch 3) and the end at step 12 remain.
     assert {p.name for p in tmp_path.glob("ckpt-*.index")} == {"ckpt-9.index", "ckpt-12.index"}
+
+
+@pytest.fixture
+def signal_handlers():
+    """The test process's SIGTERM/SIGINT handlers, put back after a trainer left them at the
+    default (so that a second signal would end the process at once)."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+def _signal_before_call(trainer, call, signum):
+    """Sends `signum` to this process just before the `call`-th training step runs."""
+    step, calls = trainer._train_step, []
+
+    def signalling_step(*args):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return step(*args)
+
+    trainer._train_step = signalling_step
+
+
+class _Interrupts(Hook):
+    def __init__(self):
+        self.heard, self.ended = [], False
+
+    def on_interrupt(self, trainer, signal_name):
+        self.heard.append((signal_name, trainer.state.step))
+
+    def on_train_end(self, trainer, logs):
+        self.ended = True
+
+
+@pytest.mark.parametrize("signum,call,stopped_at,partial", [
+    (signal.SIGTERM, 6, 7, 3),  # epoch 2: a mid-epoch save point after its step 3
+    (signal.SIGINT, 3, 4, None),  # the step that ends epoch 1: its epoch-end save point
+], ids=["sigterm-mid-epoch", "sigint-at-epoch-end"])
+def test_a_signal_stops_after_the_next_step_with_a_save_point_that_resumes_exactly(
+        signum, call, stopped_at, partial, tmp_path, signal_handlers):
+    expected = _trainer()
+    expected.fit(*_datasets(), epochs=3, steps_per_epoch=4)
+
+    stopped, heard = _trainer(), _Interrupts()
+    stopped.hooks += [CheckpointHook(tmp_path, stopped.model, stopped.optimizer), heard]
+    _signal_before_call(stopped, call, signum)
+    with pytest.raises(TrainingInterrupted) as raised:
+        stopped.fit(*_datasets(), epochs=3, steps_per_epoch=4)
+    # The signal's step finishes, the vote rides on the next one: every worker stops there.
+    assert raised.value.code == 128 + signum and raised.value.signal_name == signum.name
+    assert heard.heard == [(signum.name, stopped_at)] and not heard.ended
+    saved = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert saved["step"] == stopped_at and saved.get("partial", {}).get("steps") == partial
+    # A second signal would meet the default handler: the process ends at once.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+
+    resumed = _trainer()
+    hook = CheckpointHook(tmp_path, resumed.model, resumed.optimizer)
+    resumed.hooks.append(hook)
+    assert hook.restore(resumed)
+    history = resumed.fit(*_datasets(), epochs=3, steps_per_epoch=4)
+    assert _without_seconds(history) == _without_seconds(expected.state.history)
+    for w1, w2 in zip(expected.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+
+
+def test_without_a_signal_fit_puts_the_previous_handlers_back(signal_handlers):
+    def mine(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, mine)
+    _trainer().fit(_datasets()[0], None, epochs=1, steps_per_epoch=2)
+    assert signal.getsignal(signal.SIGTERM) is mine
+
+
+def test_replicas_agree_on_the_stop_step_under_mirrored(signal_handlers):
+    """The stop vote is summed across replicas with the step's statistics."""
+    from tests.pipelines.test_trainer import _datasets as plain_datasets
+    from tests.pipelines.test_trainer import _trainer as plain_trainer
+
+    trainer = plain_trainer(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    step = trainer._train_step
+
+    def step_then_request(*args):
+        stats = step(*args)
+        trainer.request_stop("SIGTERM")  # as the handler does, on one worker
+        return stats
+
+    trainer._train_step = step_then_request
+    with pytest.raises(TrainingInterrupted, match="SIGTERM in epoch 1 at step 2 of 4"):
+        trainer.fit(plain_datasets()[0], None, epochs=1, steps_per_epoch=4)
 
 
 def _poison(trainer, first, last=None):
@@ -203,3 +299,43 @@ def test_sigkill_at_a_mid_epoch_checkpoint_then_rerun_matches_an_uninterrupted_r
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"(step {steps} of 10)" in result.stdout + result.stderr  # resumed mid-epoch
     assert _outcome(tmp_path) == uninterrupted
+
+
+@pytest.mark.slow  # two CLI processes: ~40 s beside the uninterrupted run
+def test_sigterm_mid_training_exits_143_and_the_rerun_matches_an_uninterrupted_run(
+        uninterrupted, tmp_path):
+    """The whole path: a real SIGTERM to the CLI, the save point, exit status 143, the MLflow
+    run ended KILLED; the same command again resumes, ends FINISHED with the same metrics."""
+    from tests.e2e.test_cli import _mlflow_client
+
+    run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
+    command = [*(arg for arg in COMMAND if arg != "logger=none"), f"hydra.run.dir={run_dir}",
+               f"logger.tracking_uri=sqlite:///{db}", "logger.experiment_name=sigterm"]
+    state_file = run_dir / "checkpoints" / "trainer_state.json"
+    with open(tmp_path / "stopped.log", "w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "pipelines", *command], cwd=REPO,
+                                   stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 240
+            while not _mid_epoch(state_file):  # training is under way: the step-5 save point
+                assert process.poll() is None, "the run ended before its first save point"
+                assert time.time() < deadline, "no save point within 240 s"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+        finally:
+            process.kill()
+            process.wait()
+    log = (tmp_path / "stopped.log").read_text()
+    assert process.returncode == 143, log[-3000:]
+    assert "stopped by SIGTERM" in log and not (run_dir / "metrics.json").exists()
+    step = json.loads(state_file.read_text())["step"]
+
+    result, _ = _cli(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming at epoch" in result.stdout + result.stderr
+    assert _outcome(run_dir) == uninterrupted
+    client = _mlflow_client(db)
+    (run,) = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["stopped_by"] == "SIGTERM"
+    assert f"({step} steps in all)" in run.data.tags["stopped_at"]

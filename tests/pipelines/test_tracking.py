@@ -273,3 +273,25 @@ def test_the_objective_is_the_first_metric_everywhere(store):
     client.log_metric(run.info.run_id, "val_loss", 0.3)
     # Without the tag, compare ranks by the objective of the final metrics (not val_*).
     assert compare.default_metric(compare.load_runs(client, "untagged")) == "f1"
+
+
+def test_a_signal_ends_the_run_killed_where_it_stopped_and_a_rerun_finishes_it(store, tmp_path):
+    from pipelines.hooks import PartialEpoch, TrainerState
+
+    cfg = _cfg(f"logger.tracking_uri={store}", "logger.experiment_name=killed")
+    tracker = Tracker(cfg, tmp_path / "run")
+    tracker.start()
+
+    class _Trainer:
+        state = TrainerState(epoch=1, step=15, partial=PartialEpoch(5, {}))
+
+    tracking.MlflowHook(tracker).on_interrupt(_Trainer(), "SIGTERM")
+    tracker.finish("FAILED")  # run()'s handler after the exception: the first status stays
+    (run,) = _runs(store, "killed")
+    assert run.info.status == "KILLED" and run.data.tags["stopped_by"] == "SIGTERM"
+    assert run.data.tags["stopped_at"] == "epoch 2, step 5 (15 steps in all)"
+    again = Tracker(cfg, tmp_path / "run")
+    again.start()
+    again.finish()
+    (run,) = _runs(store, "killed")
+    assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
