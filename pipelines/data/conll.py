@@ -34,8 +34,9 @@ def read_conll(path: pathlib.Path,
                tag_scheme: str = "iob2") -> tuple[list[list[str]], list[list[str]]]:
     """Reads (token lists, IOB2 tag lists) from a CoNLL file (`.gz` too).
 
-    Raises `DataFileError` naming the file and line for a line with a single column, a tag
-    that is not O / B-X / I-X, or, with iob2, an I-X that follows neither B-X nor I-X.
+    Raises `DataFileError` naming the file and line for a line with a single column, a token
+    of invisible characters only, a tag that is not O / B-X / I-X, or, with iob2, an I-X that
+    follows neither B-X nor I-X.
     """
     if tag_scheme not in TAG_SCHEMES:
         raise DataFileError(f"data.tag_scheme must be one of {', '.join(TAG_SCHEMES)}; "
@@ -59,6 +60,11 @@ def read_conll(path: pathlib.Path,
             raise DataFileError(
                 f"{path}:{number}: expected at least two whitespace-separated columns "
                 f"(TOKEN ... TAG, the tag last); got {line.strip()[:80]!r}"
+            )
+        if not any(character.isprintable() for character in columns[0]):
+            raise DataFileError(
+                f"{path}:{number}: the token {columns[0]!r} is only whitespace or invisible "
+                "characters; expected a visible token in the first column"
             )
         tag = columns[-1]
         if not _TAG.match(tag):

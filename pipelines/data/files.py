@@ -5,9 +5,12 @@ naming the file, the line and what was expected.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import io
 import pathlib
+import zlib
 
 from pipelines.data.splits import Splits, hold_out, limit_splits
 
@@ -30,8 +33,8 @@ def read_text_classification(path: pathlib.Path, text_column: str = "text",
         return _read_table(path, "\t" if path.suffix.lower() == ".tsv" else ",",
                            text_column, label_column)
     texts, labels = [], []
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        for number, line in enumerate(_lines(handle, path), start=1):
+    with io.StringIO(read_text(path), newline=None) as handle:
+        for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             parts = line.strip().split(maxsplit=1)
@@ -47,11 +50,18 @@ def read_text_classification(path: pathlib.Path, text_column: str = "text",
     return texts, labels
 
 
-def _lines(handle, path):
+def read_text(path: pathlib.Path) -> str:
+    """The whole UTF-8 file as text, a byte-order mark dropped; a decoding error names the line."""
     try:
-        yield from handle
+        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as error:
+        raise DataFileError(f"{path}: cannot read it ({error})") from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataFileError(f"{path}: not UTF-8 text ({error})") from None
+        number = data.count(b"\n", 0, error.start) + 1
+        raise DataFileError(f"{path}:{number}: not UTF-8 text ({error}); save the file as "
+                            "UTF-8") from None
 
 
 def read_lines(path: pathlib.Path):
@@ -71,14 +81,14 @@ def read_lines(path: pathlib.Path):
                 if number == 1:
                     text = text.removeprefix("\ufeff")
                 yield number, text.rstrip("\r\n")
-    except (OSError, EOFError) as error:  # unreadable, or a broken .gz
+    except (OSError, EOFError, zlib.error) as error:  # unreadable, or a broken .gz
         raise DataFileError(f"{path}: cannot read it ({error})") from None
 
 
 def _read_table(path, delimiter, text_column, label_column):
     texts, labels = [], []
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(_lines(handle, path), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    try:
         missing = [c for c in (text_column, label_column) if c not in (reader.fieldnames or [])]
         if missing:
             raise DataFileError(
@@ -94,6 +104,9 @@ def _read_table(path, delimiter, text_column, label_column):
                 )
             texts.append(text)
             labels.append(label.strip())
+    except csv.Error as error:  # a field over csv.field_size_limit(), say
+        raise DataFileError(f"{path}:{reader.reader.line_num}: cannot parse the row "
+                            f"({error})") from None
     if not texts:
         raise DataFileError(f"{path}: no rows after the header")
     return texts, labels
@@ -278,6 +291,9 @@ class FilesSource:
 # ----------------------------------------------------------------------------- vision
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VOID = 255  # mask label of pixels that are never scored (outside a region of interest)
+# What Pillow raises for a corrupt file, besides Image.DecompressionBombError for a header
+# whose size is absurd: SyntaxError for a broken PNG chunk, ValueError for a bad palette.
+PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 def _folder(base: pathlib.Path, name: str, key: str) -> pathlib.Path:
@@ -294,7 +310,11 @@ def _keyed_files(folder: pathlib.Path, pair_key: str | None) -> dict[str, pathli
     of `pair_key` searched in the stem."""
     import re
 
-    pattern = re.compile(pair_key) if pair_key else None
+    try:
+        pattern = re.compile(pair_key) if pair_key else None
+    except re.error as error:
+        raise DataFileError(f"data.pair_key={pair_key!r}: not a regular expression ({error})") \
+            from None
     keyed: dict[str, pathlib.Path] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
@@ -322,7 +342,7 @@ def _read_label_image(path: pathlib.Path):
         with Image.open(path) as image:
             mode = image.mode
             array = np.array(image if mode in ("L", "P", "1", "I", "I;16") else image.convert("RGB"))
-    except OSError as error:
+    except PIL_ERRORS + (Image.DecompressionBombError,) as error:
         raise DataFileError(f"{path}: cannot read it as an image ({error})") from None
     if array.ndim == 3:
         if not (array == array[..., :1]).all():
@@ -344,7 +364,7 @@ def _image_size(path: pathlib.Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size[1], image.size[0]
-    except OSError as error:
+    except PIL_ERRORS + (Image.DecompressionBombError,) as error:
         raise DataFileError(f"{path}: cannot read it as an image ({error})") from None
 
 
@@ -406,21 +426,28 @@ def read_coco_captions(path: pathlib.Path, image_dir: pathlib.Path) -> tuple[lis
     import json
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise DataFileError(f"{path}: not a JSON file ({error})") from None
-    if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise DataFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column "
+                            f"{error.colno})") from None
+    except RecursionError:
+        raise DataFileError(f"{path}: not a COCO captions JSON (nested too deeply)") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), list)
+                                             for key in ("images", "annotations")):
         raise DataFileError(f"{path}: expected a COCO captions JSON object with 'images' and "
                             "'annotations' lists")
     files = {}
     for index, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise DataFileError(f"{path}: images[{index}] needs 'id' and 'file_name'; got "
+        if not isinstance(image, dict) or not isinstance(image.get("id"), (int, str)) \
+                or not isinstance(image.get("file_name"), str):
+            raise DataFileError(f"{path}: images[{index}] needs an 'id' (a number or string) "
+                                f"and a 'file_name' string; got "
                                 f"{str(image)[:80]}")
         files[image["id"]] = image["file_name"]
     captions: dict = {}
     for index, note in enumerate(data["annotations"]):
-        if not isinstance(note, dict) or not isinstance(note.get("caption"), str):
+        if not isinstance(note, dict) or not isinstance(note.get("caption"), str) \
+                or not isinstance(note.get("image_id"), (int, str)):
             raise DataFileError(f"{path}: annotations[{index}] needs 'image_id' and a string "
                                 f"'caption'; got {str(note)[:80]}")
         if note.get("image_id") not in files:
@@ -452,10 +479,16 @@ def _caption_images(path, image_dir, named: list) -> tuple[list, list]:
     images, references = [], []
     for name, refs in named:
         image = image_dir / name
-        if not image.is_file():
-            raise DataFileError(f"{path}: image {name} has captions but is not in {image_dir}; "
-                                "set data.image_dir to the folder of the images")
-        images.append(image.read_bytes())
+        try:
+            found = image.is_file()
+            if found:
+                images.append(image.read_bytes())
+        except OSError as error:  # a name too long for the file system, say
+            raise DataFileError(f"{path}: image {name[:80]!r} has captions but cannot be read "
+                                f"({error.strerror})") from None
+        if not found:
+            raise DataFileError(f"{path}: image {name[:80]} has captions but is not in "
+                                f"{image_dir}; set data.image_dir to the folder of the images")
         references.append(refs)
     if not images:
         raise DataFileError(f"{path}: no image with a caption")
