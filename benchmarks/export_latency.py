@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (the export's WordPiece ops)
-from hydra.utils import get_class  # noqa: E402
+from pipelines.tasks import build_task  # noqa: E402
 
 from benchmarks.common import compose_cfg, print_ratio  # noqa: E402
 from pipelines.run import make_optimizer  # noqa: E402
@@ -40,7 +40,7 @@ BATCH = 32
 
 def build(args):
     cfg = compose_cfg("translation", "transformer", *args.overrides)
-    task = get_class(cfg.task._target_)(cfg)
+    task = build_task(cfg)
     splits = task.load()
     task.adapt(splits)
     batch = cfg.trainer.batch_size

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from hydra.utils import get_class  # noqa: E402
+from pipelines.tasks import build_task  # noqa: E402
 
 from benchmarks.common import TASK_MODELS, compose_cfg, print_ratio  # noqa: E402
 from pipelines.distribute import make_strategy  # noqa: E402
@@ -52,7 +52,7 @@ def per_second(fn, seconds, least=3):
 def measure(task_name, args):
     cfg = compose_cfg(task_name, TASK_MODELS[task_name], *args.overrides)
     strategy = make_strategy(cfg.distribute)
-    task = get_class(cfg.task._target_)(cfg)
+    task = build_task(cfg)
     began = time.perf_counter()
     splits = task.load()
     task.adapt(splits)

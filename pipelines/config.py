@@ -1,7 +1,7 @@
 """Typed schemas for the Hydra config tree, and the checks that run before TensorFlow.
 
 Every group option in `conf/` starts from one of these dataclasses (its defaults list names
-`/schema/<group>/<name>`), so a misspelt key or a value of the wrong type fails while Hydra
+`/schema_<group>_<name>`), so a misspelt key or a value of the wrong type fails while Hydra
 composes, for `--cfg job` too. Nothing here imports TensorFlow: `--help`, config printing
 and every config error stay fast.
 """
@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+def option_value(option) -> str:
+    """An enum option's value as a string (`Precision.float32` -> "float32"), or the string."""
+    return str(getattr(option, "value", option))
 
 
 class ConfigError(ValueError):
@@ -62,7 +68,12 @@ class Source(str, enum.Enum):
 class TaskConfig:
     name: str = MISSING
     _target_: str = MISSING  # the Task class
-    models: list[str] = field(default_factory=list)  # the backbones this task accepts
+    reader: str = MISSING  # the data format it reads (pipelines.data.source.FORMATS)
+    needs: list[str] = field(default_factory=list)  # backbone roles (pipelines.models.roles)
+    # The backbones this task accepts; None: every model group whose roles cover `needs`.
+    models: Optional[list[str]] = None
+    # Per model option, keys of its group that this task does not use: setting one is refused.
+    unused_model_keys: dict[str, list[str]] = field(default_factory=dict)
     monitor: str = "val_loss"
 
 
@@ -103,6 +114,7 @@ class SegmentationTask(TaskConfig):
     image_size: int = 64  # images and masks are resized to image_size x image_size
     loss: SegmentationLoss = SegmentationLoss.cross_entropy
     augment: bool = True  # random flips of image and mask together (training only)
+    brightness: float = 20.0  # with augment: max random brightness shift, in pixel values (0 = off)
     num_pictures: int = 6  # validation overlays written to pictures/
 
 
@@ -147,6 +159,7 @@ class ImageClassificationTask(TaskConfig):
 class ModelConfig:
     name: str = MISSING
     _target_: str = MISSING  # the backbone factory
+    roles: list[str] = field(default_factory=list)  # what it can build (pipelines.models.roles)
 
 
 @dataclass
@@ -329,23 +342,58 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def register_schemas() -> None:
-    """Stores every schema as `schema/<group>/<name>` for the group files' defaults lists."""
+    """Stores every schema as the config `schema_<group>_<name>` for the group files' defaults
+    lists (`- /schema_task_sentiment@_here_`). Configs at the root, not a group, so that
+    `--help` lists only the user's groups."""
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
-            store.store(group=f"schema/{group}", name=name, node=node)
+            store.store(name=f"schema_{group}_{name}", node=node)
 
 
 # ----------------------------------------------------------------------------- checks
+def conf_dir() -> pathlib.Path:
+    """The folder of the Hydra config tree (shipped as the `conf` package)."""
+    import conf
+
+    return pathlib.Path(conf.__file__).parent
+
+
+def model_options() -> dict[str, DictConfig]:
+    """{option: its yaml} of every model group file (read as plain YAML, no TF)."""
+    return {path.stem: OmegaConf.load(path) for path in sorted((conf_dir() / "model").glob("*.yaml"))}
+
+
+def fitting_models(task_cfg: DictConfig) -> list[str]:
+    """The model options that fit the task: `task.models` if given, else every model group
+    whose `roles` cover the task's `needs`."""
+    if task_cfg.get("models") is not None:
+        return list(task_cfg.models)
+    needs = set(task_cfg.needs)
+    return [name for name, option in model_options().items()
+            if needs <= set(option.get("roles", []))]
+
+
 def check(cfg: DictConfig) -> None:
     """Raises ConfigError for a config that composed but cannot run (no TF import)."""
     task, model = cfg.task.name, cfg.model.name
-    if model not in cfg.task.models:
+    valid = fitting_models(cfg.task)
+    if model not in valid:
         raise ConfigError(
             f"model={model} does not fit task={task}. Valid models for {task}: "
-            f"{', '.join(cfg.task.models)}. Example: python -m pipelines task={task} "
-            f"model={cfg.task.models[0]}"
+            f"{', '.join(valid)}. Example: python -m pipelines task={task} "
+            f"model={valid[0] if valid else '...'}"
         )
+    unused = list(cfg.task.get("unused_model_keys", {}).get(model, []))
+    defaults = model_options().get(model, {})
+    for key in unused:
+        if key in cfg.model and key in defaults and cfg.model[key] != defaults[key]:
+            used = [k for k in cfg.model if k not in ("name", "_target_", "roles", *unused)]
+            raise ConfigError(
+                f"model.{key}={cfg.model[key]} has no effect with task={task} model={model} "
+                f"(keep its default {defaults[key]}). The model.* keys this pair uses: "
+                f"{', '.join(used)}"
+            )
     if cfg.trainer.batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1; received {cfg.trainer.batch_size}")
     if cfg.trainer.epochs < 1:

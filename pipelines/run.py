@@ -17,20 +17,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.utils import get_class  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipelines.checkpoints import CheckpointHook  # noqa: E402,F401 - re-exported
+from pipelines.config import option_value as _value  # noqa: E402
 from pipelines.distribute import is_chief, make_strategy  # noqa: E402
 from pipelines.optimizers import make_optimizer  # noqa: E402,F401 - re-exported
+from pipelines.tasks import build_task  # noqa: E402
 from pipelines.tracking import MlflowHook, Tracker, objective  # noqa: E402
 from pipelines.trainer import EarlyStopping, Trainer  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def _value(option) -> str:
-    return str(getattr(option, "value", option))
 
 
 @dataclasses.dataclass
@@ -72,7 +69,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
              strategy.num_replicas_in_sync, tcfg.batch_size,
              tcfg.batch_size // strategy.num_replicas_in_sync, _value(tcfg.precision))
 
-    task = get_class(cfg.task._target_)(cfg)
+    task = build_task(cfg)
     tracker = Tracker(cfg, run_dir, overrides) if chief else Tracker.disabled(cfg, run_dir)
     tracker.start()  # fails here, before any training, when the server is unreachable
     try:

@@ -12,6 +12,7 @@ import io
 import pathlib
 import zlib
 
+from pipelines.data.source import Source
 from pipelines.data.splits import Splits, hold_out, limit_splits
 
 
@@ -175,8 +176,10 @@ def _language_file(prefix: str, language: str) -> pathlib.Path | None:
     return None
 
 
-class FilesSource:
-    """`data=files`: reads train / validation / test paths with the task's reader."""
+class FilesSource(Source):
+    """`data=files`: reads train / validation / test paths in the format the task names."""
+
+    name = "files"
 
     def __init__(self, train: str, validation: str | None = None, test: str | None = None,
                  validation_fraction: float = 0.1, text_column: str = "text",
@@ -210,12 +213,12 @@ class FilesSource:
             )
         return limit_splits(Splits(**loaded), self.limit, self.seed)
 
-    def sentiment(self) -> Splits:
+    def labelled_text(self) -> Splits:
         return self._splits(
             lambda path: read_text_classification(path, self.text_column, self.label_column)
         )
 
-    def translation(self) -> Splits:
+    def parallel_text(self) -> Splits:
         """source sentences (str) -> target sentences (str).
 
         Each path is a PREFIX naming `PREFIX.<source_lang>` and `PREFIX.<target_lang>` (or
@@ -245,7 +248,32 @@ class FilesSource:
 
         return self._splits(read, resolve)
 
-    def ner(self) -> Splits:
+    def text_lines(self) -> Splits:
+        """texts (one per line) -> document ids: plain UTF-8 text files (`.txt`, `.gz`),
+        blank lines separating documents; `data.train=a.txt,b.txt` concatenates files."""
+        def read(paths):
+            texts, documents, document = [], [], 0
+            for path in paths:
+                fresh = True
+                for _, line in read_lines(path):
+                    if not line.strip():
+                        document += not fresh
+                        fresh = True
+                        continue
+                    texts.append(line.strip())
+                    documents.append(document)
+                    fresh = False
+                document += not fresh
+            if not texts:
+                raise DataFileError(f"{', '.join(map(str, paths))}: no text (every line is blank)")
+            return texts, documents
+
+        def resolve(path: str, key: str):
+            return [_existing(part.strip(), key) for part in str(path).split(",") if part.strip()]
+
+        return self._splits(read, resolve)
+
+    def conll(self) -> Splits:
         """token lists -> IOB2 tag lists, from CoNLL column files (`data.tag_scheme`)."""
         from pipelines.data.conll import TAG_SCHEMES, read_conll
 
@@ -254,7 +282,7 @@ class FilesSource:
                                 f"received {self.tag_scheme!r}")
         return self._splits(lambda path: read_conll(path, self.tag_scheme))
 
-    def image_classification(self) -> Splits:
+    def labelled_images(self) -> Splits:
         """uint8 images (H, W, 3) -> labels: each path is a folder with one sub-folder of
         images per class, the sub-folder name being the label (`images.read_image_folder`);
         an image that does not decode fails with its file name."""
@@ -262,7 +290,7 @@ class FilesSource:
 
         return self._splits(read_image_folder)
 
-    def segmentation(self) -> Splits:
+    def image_masks(self) -> Splits:
         """images (encoded bytes) -> masks (uint8 (H, W)): each path is a folder with
         `images/` and `masks/` (or `data.image_dir`, `data.mask_dir`), paired by file stem or
         by `data.pair_key`; `data.region_dir` restricts scoring to a region (`read_segmentation`).
@@ -275,7 +303,7 @@ class FilesSource:
             root, self.image_dir, self.mask_dir, self.pair_key, self.region_dir,
             self.ignore_index))
 
-    def captioning(self) -> Splits:
+    def image_captions(self) -> Splits:
         """images (encoded bytes) -> lists of captions: each path is a COCO captions JSON or a
         Flickr8k token file (`image.jpg#N<TAB>caption`); images come from `data.image_dir` or
         the folder guessed beside the file (`caption_image_dir`)."""

@@ -11,23 +11,35 @@ import pathlib
 
 import numpy as np
 
-from pipelines.data.files import DataFileError
+import tensorflow as tf
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
+from pipelines.data.files import IMAGE_SUFFIXES, VOID, DataFileError
+
+__all__ = ["IMAGE_SUFFIXES", "VOID", "decode", "decode_image", "decode_images", "load_image",
+           "pixel_statistics", "read_image", "read_image_folder", "resize", "resize_image",
+           "resize_mask"]
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Encoded image bytes -> uint8 (H, W, 3); DataFileError naming `name` if undecodable."""
-    import tensorflow as tf
-
+    """Encoded image bytes -> uint8 (H, W, 3): TensorFlow's decoder (the one the export runs:
+    PNG, JPEG, GIF, BMP), Pillow for what it cannot read (TIFF, WebP); DataFileError naming
+    `name` if neither can."""
     try:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return image.numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         message = str(getattr(error, "message", error)).strip().splitlines()[0]
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as decoded:
+            return np.array(decoded.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # Pillow's errors
         raise DataFileError(
-            f"{name}: cannot decode it as an image (expected PNG, JPEG, GIF or BMP; {message})"
-        ) from None
-    return image.numpy()
+            f"{name}: cannot decode it as an image (expected PNG, JPEG, GIF, BMP or TIFF; "
+            f"{message})") from None
 
 
 def read_image(path: pathlib.Path) -> np.ndarray:
@@ -74,3 +86,78 @@ def read_image_folder(root: pathlib.Path) -> tuple[list[np.ndarray], list[str]]:
             f"{', '.join(IMAGE_SUFFIXES)}"
         )
     return images, labels
+
+
+# ----------------------------------------------------------------------------- for the tasks
+# Training and serving decode and resize with the same ops (bilinear with antialiasing, any
+# size in, S x S out); masks use nearest neighbours (labels never blend).
+def resize(images, size: int):
+    """(..., H, W, 3) uint8 or float -> float32 (..., size, size, 3) in [0, 255].
+
+    Bilinear with antialiasing (a smooth downscale), aspect ratio not kept. Training and the
+    exported signature both call this, so a PNG gives the model the same pixels in both.
+    """
+    return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear",
+                           antialias=True)
+
+
+def decode(image_bytes, size: int):
+    """One encoded JPEG/PNG/GIF/BMP (scalar string) -> float32 (size, size, 3), in the graph."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])  # (H, W, 3) uint8
+    return resize(image, size)
+
+
+def decode_images(image_bytes, size: int):
+    """Encoded strings (B,) -> float32 (B, size, size, 3) in [0, 255], in the graph."""
+    return tf.map_fn(lambda data: decode(data, size), image_bytes,
+                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+def load_image(image) -> np.ndarray:
+    """An image array (H, W), (H, W, 1|3|4), or encoded bytes -> uint8 (H, W, 3)."""
+    if isinstance(image, (bytes, np.bytes_)):
+        return decode_image(bytes(image))
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+
+
+def resize_image(image, size: int) -> np.ndarray:
+    """Any raw image (see `load_image`) -> float32 (size, size, 3), rounded."""
+    image = load_image(image)
+    if image.shape[:2] == (size, size):
+        return image.astype(np.float32)
+    return resize(image, size).numpy().round()
+
+
+def resize_mask(mask, size: int) -> np.ndarray:
+    """(H, W) labels, or an encoded single-channel image -> (size, size), nearest."""
+    if isinstance(mask, (bytes, np.bytes_)):
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(mask)) as decoded:
+            mask = np.array(decoded)  # palette images give their indices
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape == (size, size):
+        return mask
+    return tf.image.resize(mask[..., None].astype(np.int32), [size, size],
+                           method="nearest").numpy()[..., 0]
+
+
+def pixel_statistics(images, sample: int = 2000, seed: int = 0,
+                     prepare=None) -> tuple[list, list]:
+    """Per-channel mean and variance of a seeded sample of `sample` images, for the model's
+    input standardisation. A sample, not the first images: folders are read class by class.
+    `prepare` maps the picked images (an array or a list) to float (n, S, S, 3); by default
+    they are stacked as they are (all one size)."""
+    picked = np.sort(np.random.default_rng(seed).permutation(len(images))[:sample])
+    chosen = images[picked] if isinstance(images, np.ndarray) else [images[i] for i in picked]
+    pixels = np.asarray(prepare(chosen) if prepare else np.stack(chosen), np.float64)
+    mean, variance = pixels.mean(axis=(0, 1, 2)), pixels.var(axis=(0, 1, 2))
+    return mean.tolist(), np.maximum(variance, 1e-3).tolist()

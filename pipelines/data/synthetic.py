@@ -1,14 +1,15 @@
 """Built-in generated data, so that every command runs offline and deterministically.
 
-`SyntheticSource(seed, num_train, ...)` is what `data=synthetic` instantiates; a task asks it
-for its splits (`source.sentiment()`, `source.translation()`, `source.ner()`), and each
-generator is a pure function of the seed. The translation and NER generators live in
+`SyntheticSource(seed, num_train, ...)` is what `data=synthetic` instantiates; a task reads
+the format its yaml names (`source.read("labelled_text")`, `"parallel_text"`, `"conll"`, ...,
+`pipelines.data.source.FORMATS`), and each generator is a pure function of the seed. The translation and NER generators live in
 `synthetic_translation.py` and `synthetic_ner.py`.
 """
 from __future__ import annotations
 
 import random
 
+from pipelines.data.source import Source
 from pipelines.data.splits import Splits, limit_splits
 from pipelines.data.synthetic_ner import ner_example
 from pipelines.data.synthetic_translation import translation_example
@@ -68,8 +69,10 @@ def sentiment_example(rng: random.Random) -> tuple[str, str]:
     return text, "positive" if polarity > 0 else "negative"
 
 
-class SyntheticSource:
-    """`data=synthetic`: generated splits for each task, deterministic per seed."""
+class SyntheticSource(Source):
+    """`data=synthetic`: generated splits of every format, deterministic per seed."""
+
+    name = "synthetic"
 
     def __init__(self, seed: int = 42, num_train: int | None = None,
                  num_validation: int | None = None, num_test: int | None = None,
@@ -96,11 +99,11 @@ class SyntheticSource:
             splits[split] = ([inputs for inputs, _ in pairs], [targets for _, targets in pairs])
         return limit_splits(Splits(**splits), self.limit)
 
-    def sentiment(self) -> Splits:
+    def labelled_text(self) -> Splits:
         """texts (str) -> labels ("positive"/"negative"); 8000 / 1000 / 1000 by default."""
         return self._generate("sentiment", sentiment_example, self._sizes(8000, 1000, 1000))
 
-    def translation(self) -> Splits:
+    def parallel_text(self) -> Splits:
         """source sentences (str) -> target sentences (str) of a made-up language related by
         vocabulary, reordering, agreement and tense rules (`synthetic_translation`);
         20000 / 1000 / 1000 by default.
@@ -111,7 +114,20 @@ class SyntheticSource:
         return self._generate("translation", translation_example,
                               self._sizes(20000, 1000, 1000))
 
-    def ner(self) -> Splits:
+    def text_lines(self) -> Splits:
+        """texts -> document ids: the English side of the generated translation corpus
+        (a small grammar, so a language model's perplexity falls fast), five sentences to a
+        document; 20000 / 1000 / 1000 by default."""
+        splits = self._generate("text_lines", lambda rng: (translation_example(rng)[0], 0),
+                                self._sizes(20000, 1000, 1000))
+
+        def documents(pair):
+            return pair[0], [index // 5 for index in range(len(pair[0]))]
+
+        return Splits(documents(splits.train), documents(splits.validation),
+                      documents(splits.test))
+
+    def conll(self) -> Splits:
         """token lists -> IOB2 tag lists (PER, LOC, ORG, MISC) where context decides the tag
         (`synthetic_ner`); 8000 / 1000 / 1000 by default.
 
@@ -127,21 +143,21 @@ class SyntheticSource:
 
         return scene_splits(self.seed, self._sizes(train, validation, test))
 
-    def segmentation(self) -> Splits:
+    def image_masks(self) -> Splits:
         """64 x 64 scenes (uint8 (64, 64, 3)) -> masks (uint8 (64, 64)): 0 = background,
         1 + the kind of each shape (`scenes.MASK_CLASSES`); 4000 / 500 / 500 by default."""
         batches = self._scenes(4000, 500, 500)
         return Splits(**{split: (list(batch.images), list(batch.masks))
                          for split, batch in batches.items()})
 
-    def captioning(self) -> Splits:
+    def image_captions(self) -> Splits:
         """64 x 64 scenes -> their 3-5 true captions each ("a small red circle left of a
         large blue square", "two shapes on a noisy background", ...); 6000 / 500 / 500."""
         batches = self._scenes(6000, 500, 500)
         return Splits(**{split: (list(batch.images), list(batch.captions))
                          for split, batch in batches.items()})
 
-    def image_classification(self) -> Splits:
+    def labelled_images(self) -> Splits:
         """64 x 64 scenes of 1-3 coloured shapes on textured backgrounds (uint8 arrays
         (N, 64, 64, 3)) -> the kind of the largest shape ("circle", "square", "triangle",
         "diamond", "cross", "star"; `scenes.KINDS`); 12000 / 1000 / 1000 by default.

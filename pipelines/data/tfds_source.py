@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from pipelines.data.source import Source
 from pipelines.data.splits import Splits, hold_out, limit_splits
 
 _TEXT_KEYS = ("text", "sentence", "review", "content", "document")
@@ -10,8 +11,10 @@ _TEXT_KEYS = ("text", "sentence", "review", "content", "document")
 _LANGUAGE_PAIR = re.compile(r"([a-z]{2,3})(?:_to_|-|2)([a-z]{2,3})")
 
 
-class TfdsSource:
+class TfdsSource(Source):
     """Loads TFDS splits into the same raw lists as the other sources."""
+
+    name = "tfds"
 
     def __init__(self, name: str, data_dir: str | None = None, train_split: str = "train",
                  validation_split: str | None = None, test_split: str | None = "test",
@@ -48,7 +51,7 @@ class TfdsSource:
         }
         return builder.info, datasets
 
-    def sentiment(self) -> Splits:
+    def labelled_text(self) -> Splits:
         import tensorflow_datasets as tfds
 
         info, datasets = self._load()
@@ -106,7 +109,7 @@ class TfdsSource:
             )
         return source, target
 
-    def translation(self) -> Splits:
+    def parallel_text(self) -> Splits:
         """source sentences (str) -> target sentences (str), e.g.
         `ted_hrlr_translate/pt_to_en` (pt -> en) or `wmt14_translate/de-en` (de -> en).
 
@@ -126,7 +129,7 @@ class TfdsSource:
             splits[split] = (sources, targets)
         return self._finish(splits)
 
-    def ner(self) -> Splits:
+    def conll(self) -> Splits:
         """token lists -> IOB2 tag lists, e.g. `conll2003` (features `tokens` and `ner`, a
         Sequence of ClassLabel; data.text_key / data.label_key name others)."""
         import tensorflow_datasets as tfds
@@ -180,7 +183,7 @@ class TfdsSource:
             splits[split] = (images, targets)
         return self._finish(splits)
 
-    def segmentation(self) -> Splits:
+    def image_masks(self) -> Splits:
         """images -> masks, e.g. `oxford_iiit_pet` (features `image`, `segmentation_mask`;
         its labels 1 pet, 2 background, 3 border stay as they are). data.text_key /
         data.label_key name other image and mask features."""
@@ -195,7 +198,7 @@ class TfdsSource:
         image_key, mask_key = self.text_key or "image", self.label_key or "segmentation_mask"
         return self._vision(image_key, mask_key, (image_key, mask_key), mask)
 
-    def captioning(self) -> Splits:
+    def image_captions(self) -> Splits:
         """images -> caption lists, e.g. `coco_captions` (features `image` and `captions`, a
         Sequence of {`text`, `id`}); data.text_key / data.label_key name others."""
         import numpy as np
@@ -209,7 +212,7 @@ class TfdsSource:
         return self._vision(image_key, self.label_key or "captions", (image_key,), captions)
 
 
-    def image_classification(self) -> Splits:
+    def labelled_images(self) -> Splits:
         """uint8 images (H, W, 3) -> label names, e.g. `mnist`, `cifar10`, `oxford_iiit_pet`
         (features `image` and `label`, a ClassLabel; data.text_key / data.label_key name
         others). Grayscale is repeated into three channels; images that share one shape

@@ -1,7 +1,8 @@
 """`model=transformer`: encoders and encoder-decoders assembled from `layers/`.
 
-`Transformer(...)` is what the model group's `_target_` instantiates; tasks ask it for
-`text_encoder(...)` (sentiment, NER) or `seq2seq(...)` (translation).
+`Transformer(...)` is what the model group's `_target_` instantiates. It plays the roles
+`sequence_encoder` (`text_encoder`, `text_memory`) and `sequence_decoder` (`decoder`,
+`image_memory`) of `pipelines.models.roles`.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import keras
 from keras import ops
 
 import layers
+from pipelines.models.seq2seq import GridEncoder, TransformerDecoder, TransformerTextEncoder
 
 
 class Transformer:
@@ -65,27 +67,25 @@ class Transformer:
             x = MaskedMeanPooling(name="pooling")(x, padding_mask=padding_mask)  # (B, D)
         return keras.Model(token_ids, x, name="transformer_encoder")
 
-    def seq2seq(self, source_vocabulary_size: int, target_vocabulary_size: int,
-                source_length: int, target_length: int) -> "TransformerSeq2Seq":
-        return TransformerSeq2Seq(
-            source_vocabulary_size, target_vocabulary_size, source_length, target_length,
-            num_encoder_layers=self.num_layers, num_decoder_layers=self.num_decoder_layers,
-            positional=self.positional, **self._block_kwargs(),
-        )
+    def text_memory(self, vocabulary_size: int, sequence_length: int):
+        """Ids (B, S) -> {"memory", "mask"}: embedding and `num_layers` encoder blocks
+        (`model.attention`: softmax or linear)."""
+        return TransformerTextEncoder(vocabulary_size, sequence_length, num_layers=self.num_layers,
+                                      positional=self.positional, attention=self.attention,
+                                      name="source_encoder", **self._block_kwargs())
 
-    def captioner(self, vocabulary_size: int, caption_length: int, image_size: int,
-                  encoder_filters, encoder_norm: str | None = "batch", mean=None,
-                  variance=None) -> keras.Model:
-        """A CNN grid encoder, `num_layers` encoder blocks over the grid, and decoder blocks
-        with cross-attention (`pipelines.models.captioning.TransformerCaptioner`)."""
-        from pipelines.models.captioning import TransformerCaptioner
+    def image_memory(self, image_size: int, filters, norm, mean=None, variance=None):
+        """A CNN grid at width `hidden_dim`, then `num_layers` encoder blocks over its cells."""
+        return GridEncoder(image_size, filters, self.hidden_dim, norm, mean, variance,
+                           num_layers=self.num_layers, attention=self.attention,
+                           name="grid_encoder", **{k: v for k, v in self._block_kwargs().items()
+                                                   if k != "hidden_dim"})
 
-        return TransformerCaptioner(
-            vocabulary_size, caption_length, image_size, encoder_filters,
-            num_encoder_layers=self.num_layers, num_decoder_layers=self.num_decoder_layers,
-            positional=self.positional, encoder_norm=encoder_norm, pixel_mean=mean,
-            pixel_variance=variance, name="transformer_captioner", **self._block_kwargs(),
-        )
+    def decoder(self, vocabulary_size: int, length: int):
+        """`num_decoder_layers` causal blocks with cross-attention and a key/value cache."""
+        return TransformerDecoder(vocabulary_size, length, num_layers=self.num_decoder_layers,
+                                  positional=self.positional, name="decoder",
+                                  **self._block_kwargs())
 
 
 @keras.saving.register_keras_serializable(package="pipelines")
@@ -103,95 +103,3 @@ class MaskedMeanPooling(keras.layers.Layer):
         weights = ops.cast(ops.expand_dims(padding_mask, -1), x.dtype)  # (B, T, 1)
         total = ops.sum(x * weights, axis=1)
         return total / ops.maximum(ops.sum(weights, axis=1), ops.cast(1.0, x.dtype))
-
-
-class TransformerSeq2Seq(keras.Model):
-    """Encoder-decoder Transformer with a key/value cache for incremental decoding.
-
-    Call: `model({"source": (B, S) ids, "target_in": (B, T) ids})` -> logits (B, T, V),
-    teacher forcing with a causal mask. Decoding: `state = model.encode(source)`, then
-    `logits, state = model.step(token_ids, state, index)` one token at a time; `step` runs
-    only the new position against the cached keys and values of the earlier ones.
-    """
-
-    def __init__(self, source_vocabulary_size, target_vocabulary_size, source_length,
-                 target_length, hidden_dim, num_heads, intermediate_dim, num_encoder_layers,
-                 num_decoder_layers, dropout=0.1, normalize_first=False, positional="learned",
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.target_length = target_length
-        self.head_dim = hidden_dim // num_heads
-        self.num_heads = num_heads
-        block = dict(hidden_dim=hidden_dim, num_heads=num_heads, intermediate_dim=intermediate_dim,
-                     dropout=dropout, normalize_first=normalize_first)
-        self.source_embedding = layers.TokenAndPositionEmbedding(
-            source_vocabulary_size, source_length, hidden_dim, positional=positional,
-            name="source_embedding")
-        self.target_embedding = layers.TokenAndPositionEmbedding(
-            target_vocabulary_size, target_length, hidden_dim, positional=positional,
-            name="target_embedding")
-        self.embedding_dropout = keras.layers.Dropout(dropout)
-        self.encoder_blocks = [layers.TransformerEncoderBlock(**block, name=f"encoder_{i}")
-                               for i in range(num_encoder_layers)]
-        self.decoder_blocks = [layers.TransformerDecoderBlock(**block, name=f"decoder_{i}")
-                               for i in range(num_decoder_layers)]
-        self.encoder_norm = keras.layers.LayerNormalization(epsilon=1e-5) if normalize_first else None
-        self.decoder_norm = keras.layers.LayerNormalization(epsilon=1e-5) if normalize_first else None
-        self.head = keras.layers.Dense(target_vocabulary_size, dtype="float32", name="head")
-
-    def _encode(self, source, training=None):
-        source_mask = ops.not_equal(source, 0)  # (B, S)
-        x = self.embedding_dropout(self.source_embedding(source), training=training)
-        for block in self.encoder_blocks:
-            x = block(x, padding_mask=source_mask, training=training)
-        if self.encoder_norm is not None:
-            x = self.encoder_norm(x)
-        return x, source_mask  # (B, S, D), (B, S)
-
-    def _logits(self, x):
-        if self.decoder_norm is not None:
-            x = self.decoder_norm(x)
-        return self.head(x)
-
-    def call(self, inputs, training=None):
-        memory, source_mask = self._encode(inputs["source"], training)
-        target_in = inputs["target_in"]
-        x = self.embedding_dropout(self.target_embedding(target_in), training=training)
-        for block in self.decoder_blocks:
-            x = block(x, encoder_outputs=memory, decoder_padding_mask=ops.not_equal(target_in, 0),
-                      encoder_padding_mask=source_mask, training=training)
-        return self._logits(x)  # (B, T, V)
-
-    def attention_maps(self, source, target_in):
-        """(B, T, S): the last decoder block's cross-attention, mean over heads."""
-        memory, source_mask = self._encode(source)
-        x = self.target_embedding(target_in)
-        target_mask = ops.not_equal(target_in, 0)
-        for block in self.decoder_blocks[:-1]:
-            x = block(x, encoder_outputs=memory, decoder_padding_mask=target_mask,
-                      encoder_padding_mask=source_mask)
-        _, scores = self.decoder_blocks[-1](
-            x, encoder_outputs=memory, decoder_padding_mask=target_mask,
-            encoder_padding_mask=source_mask, return_cross_attention_scores=True)
-        return ops.mean(scores, axis=1)
-
-    def encode(self, source):
-        """Decoding state for `step`: memory, its mask and an empty cache per layer."""
-        memory, source_mask = self._encode(source, training=False)
-        batch = ops.shape(source)[0]
-        cache = ops.zeros((batch, len(self.decoder_blocks), 2, self.target_length,
-                           self.num_heads, self.head_dim), dtype=memory.dtype)
-        return {"memory": memory, "source_mask": source_mask, "cache": cache}
-
-    def step(self, token_ids, state, index):
-        """token_ids (N,) at position `index` -> logits (N, V) and the updated state."""
-        x = self.target_embedding(token_ids[:, None], start_index=index)  # (N, 1, D)
-        caches = []
-        for i, block in enumerate(self.decoder_blocks):
-            x, cache = block(x, encoder_outputs=state["memory"],
-                             encoder_padding_mask=state["source_mask"],
-                             self_attention_cache=state["cache"][:, i],
-                             self_attention_cache_index=index, training=False)
-            caches.append(cache)
-        logits = self._logits(x)[:, 0]  # (N, V)
-        return logits, {**state, "cache": ops.stack(caches, axis=1)}

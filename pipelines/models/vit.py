@@ -34,7 +34,7 @@ class Vit:
     """
 
     def __init__(self, patch_size: int = 4, hidden_dim: int = 64, num_heads: int = 4,
-                 intermediate_dim: int = 128, num_layers: int = 4, dropout: float = 0.1,
+                 intermediate_dim: int = 128, num_layers: int = 4, dropout: float = 0.0,
                  shifted_patches: bool = True):
         if hidden_dim % num_heads:
             raise ValueError(f"model.num_heads must divide model.hidden_dim; received "

@@ -5,27 +5,55 @@ import abc
 
 import keras
 import tensorflow as tf
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipelines.data import Splits, open_source
+from pipelines import export as export_lib
+from pipelines.data import Source, Splits
+
+
+def plain(fn):
+    """`fn` for tf.data / tf.function without AutoGraph: it has no tensor-dependent Python
+    control flow, and AutoGraph re-reads source files, which may have changed on disk
+    since this process started."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
+def label_names(splits: Splits, shown: int = 20) -> list[str]:
+    """The sorted label names of the training split, checked: at least two, and none in the
+    validation or test split that training never saw."""
+    names = sorted(set(splits.train[1]))
+    if len(names) < 2:
+        raise ValueError(f"the training split has only the label {names}; need at least 2")
+    for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
+        unknown = sorted(set(pair[1]) - set(names)) if pair else []
+        if unknown:
+            raise ValueError(f"the {split_name} split has labels {unknown[:5]} that never occur "
+                             f"in train (train labels: {names[:shown]})")
+    return names
 
 
 class Task(abc.ABC):
     """A task owns the mapping between raw examples and tensors.
 
+    Built by `pipelines.tasks.build_task` from its own config subtree (`task:`) and the pieces
+    it needs: the data source (`data=`), read in the format `task.reader` names; the backbone
+    factory (`model=`), which plays the roles `task.needs` lists (`pipelines.models.roles`);
+    the trainer settings (`trainer:`); and the generation settings (`decode:`).
+
     Life cycle, driven by `pipelines.run`: `load()` the raw splits, `adapt()` the
     preprocessing on the training split, `dataset()` for training and validation,
     `build_model()` under the strategy scope, train with `loss`/`stats`, `evaluate()` with
-    the task's real metric, and `export()` a SavedModel that serves raw input.
+    the task's real metric, and `export()` a SavedModel that serves raw input
+    (`serving_fn`, `serving_signature`, `trackables`; `pipelines.export`).
     """
 
-    name: str = ""
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.task_cfg = cfg.task
-        self.seed = int(cfg.trainer.seed)
+    def __init__(self, config: DictConfig, *, data: Source, backbone, trainer: DictConfig,
+                 decode: DictConfig | None = None):
+        self.task_cfg = config
+        self.name = str(config.name)
+        self.data, self.backbone = data, backbone
+        self.trainer_cfg, self.decode_cfg = trainer, decode
+        self.seed = int(trainer.seed)
 
     @property
     def monitor_mode(self) -> str:
@@ -33,16 +61,14 @@ class Task(abc.ABC):
         (accuracy, BLEU): the direction of early stopping and of the best checkpoint."""
         return "min" if str(self.task_cfg.monitor).endswith("loss") else "max"
 
+    @property
+    def model_name(self) -> str:
+        return f"{self.name}_{self.backbone.name}"
+
     # -------------------------------------------------------------- data
     def load(self) -> Splits:
-        """The raw splits from the `data=` source, by this task's name."""
-        source = open_source(self.cfg.data)
-        reader = getattr(source, self.name, None)
-        if reader is None:
-            raise NotImplementedError(
-                f"data={self.cfg.data.source} has no reader for task={self.name} yet"
-            )
-        return reader()
+        """The raw splits of the format `task.reader` names, from the `data=` source."""
+        return self.data.read(str(self.task_cfg.reader))
 
     def train_examples(self, splits: Splits) -> int:
         """How many training examples one epoch covers (the default steps per epoch is this
@@ -60,12 +86,6 @@ class Task(abc.ABC):
         """Batched (x, y) with static shapes; training repeats, shuffles, drops the rest."""
 
     # -------------------------------------------------------------- model
-    def backbone_factory(self):
-        """The model group's `_target_`, instantiated (its `name` key is a label)."""
-        kwargs = OmegaConf.to_container(self.cfg.model, resolve=True)
-        kwargs.pop("name")
-        return instantiate(kwargs)
-
     @abc.abstractmethod
     def build_model(self) -> keras.Model:
         """The full network: backbone + head, producing float32 outputs."""
@@ -93,10 +113,23 @@ class Task(abc.ABC):
         `directory` and returns their paths; run() logs them to MLflow. None by default."""
         return []
 
+    # -------------------------------------------------------------- serving
     @abc.abstractmethod
+    def serving_fn(self, model: keras.Model):
+        """Raw input tensors (as `serving_signature`) -> dict of readable outputs."""
+
+    def serving_signature(self) -> list[tf.TensorSpec]:
+        """The raw inputs of `serving_default`: strings [batch] named `text` by default."""
+        return [tf.TensorSpec([None], tf.string, name="text")]
+
+    def trackables(self) -> list:
+        """Resources the serving graph uses besides the model (tokenizers, lookup tables)."""
+        return []
+
     def export(self, model: keras.Model, path: str) -> None:
         """Writes a SavedModel whose `serving_default` takes raw input (CONTRACT.md)."""
+        export_lib.export(self, model, path)
 
-    @abc.abstractmethod
-    def serve_in_process(self, model: keras.Model, inputs: list) -> dict:
+    def serve_in_process(self, model: keras.Model, inputs) -> dict:
         """What the exported signature returns, computed with the in-process model."""
+        return export_lib.serve_in_process(self, model, inputs)

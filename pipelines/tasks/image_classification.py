@@ -18,26 +18,10 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
 from pipelines.data import Splits
-from pipelines.tasks.base import Task
+from pipelines.data.images import decode_images, pixel_statistics, resize
+from pipelines.tasks.base import Task, label_names
 
 log = logging.getLogger(__name__)
-
-
-def resize(images: tf.Tensor, size: int) -> tf.Tensor:
-    """(..., H, W, 3) uint8 or float -> float32 (..., size, size, 3) in [0, 255].
-
-    Bilinear with antialiasing (a smooth downscale), aspect ratio not kept. Training and the
-    exported signature both call this, so a PNG gives the model the same pixels in both.
-    """
-    return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear",
-                           antialias=True)
-
-
-def decode(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
-    """One encoded JPEG/PNG/GIF/BMP (scalar string) -> float32 (size, size, 3)."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])  # (H, W, 3) uint8
-    return resize(image, size)
 
 
 def augment(images: tf.Tensor, flip: bool = False, crop: bool = False,
@@ -78,28 +62,13 @@ class ImageClassification(Task):
 
     # -------------------------------------------------------------- data
     def adapt(self, splits: Splits) -> None:
-        images, labels = splits.train
+        images = splits.train[0]
         self.image_size = int(self.task_cfg.image_size)
-        self.label_names = sorted(set(labels))
-        if len(self.label_names) < 2:
-            raise ValueError(
-                f"the training split has only the label {self.label_names}; need at least 2"
-            )
-        for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
-            unknown = sorted(set(pair[1]) - set(self.label_names)) if pair else []
-            if unknown:
-                raise ValueError(
-                    f"the {split_name} split has labels {unknown[:5]} that never occur in "
-                    f"train (train labels: {self.label_names[:20]})"
-                )
+        self.label_names = label_names(splits)
         self.label_index = {name: i for i, name in enumerate(self.label_names)}
-        # Per-channel statistics of a seeded sample of the resized training images (folders
-        # are read class by class: the first images would be one class only).
-        picked = np.sort(np.random.default_rng(0).permutation(len(images))[:2000])
-        sample = self._pixels(images[picked] if isinstance(images, np.ndarray)
-                              else [images[i] for i in picked])
-        self.mean = sample.mean(axis=(0, 1, 2))
-        self.variance = np.maximum(sample.var(axis=(0, 1, 2)), 1e-3)
+        # Per-channel statistics of a seeded sample of the resized training images.
+        mean, variance = pixel_statistics(images, prepare=self._pixels)
+        self.mean, self.variance = np.array(mean), np.array(variance)
         augment_cfg = self.task_cfg.augment
         log.info("%d classes, images resized to %d x %d, augmentation flip=%s crop=%s "
                  "brightness=%s", len(self.label_names), self.image_size, self.image_size,
@@ -154,7 +123,7 @@ class ImageClassification(Task):
 
     # -------------------------------------------------------------- model
     def build_model(self) -> keras.Model:
-        factory = self.backbone_factory()
+        factory = self.backbone
         size = self.image_size
         images = keras.Input((size, size, 3), name="images")  # float32 pixels in [0, 255]
         x = keras.layers.Normalization(mean=self.mean, variance=self.variance,
@@ -162,7 +131,7 @@ class ImageClassification(Task):
         x = factory.image_encoder((size, size, 3))(x)  # (B, D)
         x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="head")(x)
-        return keras.Model(images, logits, name=f"image_classification_{self.cfg.model.name}")
+        return keras.Model(images, logits, name=self.model_name)
 
     def loss(self, y_true, y_pred):
         return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
@@ -237,30 +206,17 @@ class ImageClassification(Task):
         return [path]
 
     # ------------------------------------------------------------------ serving
-    def _serving_fn(self, model):
+    def serving_fn(self, model):
         names = tf.constant(self.label_names)
         size = self.image_size
 
         def serve(image_bytes):
-            images = tf.map_fn(lambda data: decode(data, size), image_bytes,
-                               fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
-            logits = model(images, training=False)  # (B, C)
+            logits = model(decode_images(image_bytes, size), training=False)  # (B, C)
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
             label = tf.gather(names, tf.argmax(probabilities, axis=-1))
             return {"label": label, "probabilities": probabilities}
 
         return serve
 
-    def export(self, model, path):
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serving_default",
-            self._serving_fn(model),
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-        )
-        archive.write_out(path, verbose=False)
-
-    def serve_in_process(self, model, inputs):
-        outputs = self._serving_fn(model)(tf.constant(inputs))
-        return {k: v.numpy() for k, v in outputs.items()}
+    def serving_signature(self):
+        return [tf.TensorSpec([None], tf.string, name="image_bytes")]

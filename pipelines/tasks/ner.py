@@ -25,8 +25,6 @@ class Ner(Task):
     and its padding is masked (the loss too), so nothing depends on the bucket.
     """
 
-    name = "ner"
-
     def adapt(self, splits: Splits) -> None:
         tokens, tags = splits.train
         self.length = self.task_cfg.max_length
@@ -79,14 +77,14 @@ class Ner(Task):
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def build_model(self) -> keras.Model:
-        factory = self.backbone_factory()
+        factory = self.backbone
         encoder = factory.text_encoder(self.vocabulary_size, self.length, return_sequences=True)
         # Any T <= max_length: bucketed batches are shorter; serving pads to max_length.
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = encoder(token_ids)  # (B, T, H)
         x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.tag_names), dtype="float32", name="head")(x)
-        return keras.Model(token_ids, logits, name=f"ner_{self.cfg.model.name}")
+        return keras.Model(token_ids, logits, name=self.model_name)
 
     # Targets carry the padding: y = tag id + 1 at real words, 0 at padding.
     def loss(self, y_true, y_pred):
@@ -126,7 +124,7 @@ class Ner(Task):
         }
 
     # ------------------------------------------------------------------ serving
-    def _tagger(self, model):
+    def serving_fn(self, model):
         names = tf.constant(self.tag_names)
 
         def tag(text):
@@ -141,14 +139,5 @@ class Ner(Task):
 
         return tag
 
-    def export(self, model, path):
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.track(self.lookup)
-        archive.add_endpoint("serving_default", self._tagger(model),
-                             input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-        archive.write_out(path, verbose=False)
-
-    def serve_in_process(self, model, inputs):
-        outputs = self._tagger(model)(tf.constant(inputs))
-        return {k: v.numpy() for k, v in outputs.items()}
+    def trackables(self):
+        return [self.lookup]

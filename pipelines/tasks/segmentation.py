@@ -24,104 +24,21 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.data import Splits
-from pipelines.data.files import DataFileError
-from pipelines.data.images import decode_image
+from pipelines.data.images import VOID, decode_images, pixel_statistics, resize_image, resize_mask
 from pipelines.metrics import confusion_matrix, per_class_dice, per_class_iou, segmentation_scores
-from pipelines.tasks.base import Task
-from pipelines.tasks.image_classification import decode, resize
+from pipelines.config import option_value
+from pipelines.tasks.base import Task, plain
 
 log = logging.getLogger(__name__)
-
-VOID = 255  # the mask label that is never a class (ignored pixels, outside a region)
-
-
-def _value(option) -> str:
-    return str(getattr(option, "value", option))
-
-
-def _plain(fn):
-    """`fn` for tf.data / tf.function without AutoGraph: it has no tensor-dependent Python
-    control flow, and AutoGraph re-reads source files, which may have changed on disk
-    since this process started."""
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
-# ----------------------------------------------------------------------------- image helpers
-# Training and serving decode and resize with image_classification's helpers (bilinear with
-# antialiasing, any size in, S x S out); masks use nearest neighbours (labels never blend).
-def load_image(image) -> np.ndarray:
-    """An image array, or encoded bytes (decoded by the serving decoder; TIFF, which it
-    cannot read, by Pillow) -> uint8 (H, W, 3)."""
-    if isinstance(image, (bytes, np.bytes_)):
-        try:
-            return decode_image(image)
-        except DataFileError:
-            import io
-
-            from PIL import Image, UnidentifiedImageError
-
-            try:
-                with Image.open(io.BytesIO(image)) as decoded:
-                    return np.array(decoded.convert("RGB"))
-            except UnidentifiedImageError:
-                raise DataFileError("an image cannot be decoded (expected PNG, JPEG, GIF, "
-                                    "BMP or TIFF bytes)") from None
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-
-
-def resize_image(image, size: int) -> np.ndarray:
-    """uint8 (H, W), (H, W, 1|3|4), or encoded bytes -> float32 (size, size, 3), rounded."""
-    image = load_image(image)
-    if image.shape[:2] == (size, size):
-        return image.astype(np.float32)
-    return resize(image, size).numpy().round()
-
-
-def resize_mask(mask, size: int) -> np.ndarray:
-    """(H, W) labels, or an encoded single-channel image -> (size, size), nearest."""
-    if isinstance(mask, (bytes, np.bytes_)):
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(mask)) as decoded:
-            mask = np.array(decoded)  # palette images give their indices
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if mask.shape == (size, size):
-        return mask
-    return tf.image.resize(mask[..., None].astype(np.int32), [size, size],
-                           method="nearest").numpy()[..., 0]
-
-
-def pixel_statistics(images: np.ndarray, sample: int = 2000) -> tuple[list, list]:
-    """Per-channel mean and variance of (the first `sample` of) uint8 (N, S, S, 3) images,
-    for the model's input standardisation."""
-    pixels = images[:sample].astype(np.float64)
-    mean, variance = pixels.mean(axis=(0, 1, 2)), pixels.var(axis=(0, 1, 2))
-    return mean.tolist(), np.maximum(variance, 1e-3).tolist()
-
-
-def decode_images(image_bytes, size: int):
-    """Encoded JPEG/PNG/GIF/BMP strings (B,) -> float32 (B, size, size, 3) in [0, 255], in
-    the graph (image_classification's `decode`, per image)."""
-    return tf.map_fn(lambda data: decode(data, size), image_bytes,
-                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
 class Segmentation(Task):
     """An image in, a mask of class indices out, by a U-Net."""
 
-    name = "segmentation"
-
     # ------------------------------------------------------------------ data
     def adapt(self, splits: Splits) -> None:
         self.image_size = int(self.task_cfg.image_size)
-        self.ignore_index = self.cfg.data.get("ignore_index")
+        self.ignore_index = self.data.ignore_index
         self._prepared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         images, masks = self.prepare(splits.train)
         labels = np.unique(masks[masks != VOID])
@@ -161,14 +78,18 @@ class Segmentation(Task):
         return self._prepared[key]
 
     def augment(self, image, mask):
-        """Random horizontal flip of image and mask together, and brightness on the image.
+        """Random horizontal flip of image and mask together, and a random brightness shift
+        of at most `task.brightness` (pixel values, 0-255 scale) on the image.
 
         The mask rides along as a fourth channel through the flip, so the two cannot drift
         apart (tested)."""
         stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)[..., None]], -1)
         stacked = tf.image.random_flip_left_right(stacked)  # (S, S, 4)
         image, mask = stacked[..., :3], tf.cast(stacked[..., 3], tf.uint8)
-        image = tf.clip_by_value(image + tf.random.uniform([], -20.0, 20.0), 0.0, 255.0)
+        brightness = float(self.task_cfg.brightness)
+        if brightness:
+            shift = tf.random.uniform([], -brightness, brightness)
+            image = tf.clip_by_value(image + shift, 0.0, 255.0)
         return image, mask
 
     def dataset(self, pair, training, batch_size):
@@ -177,15 +98,15 @@ class Segmentation(Task):
         if training:
             ds = ds.shuffle(len(images), seed=self.seed, reshuffle_each_iteration=True).repeat()
             if self.task_cfg.augment:
-                ds = ds.map(_plain(self.augment), num_parallel_calls=tf.data.AUTOTUNE)
+                ds = ds.map(plain(self.augment), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=training)
-        ds = ds.map(_plain(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.int32))),
+        ds = ds.map(plain(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.int32))),
                     num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> keras.Model:
-        return self.backbone_factory().segmenter(self.image_size, self.num_classes,
+        return self.backbone.segmenter(self.image_size, self.num_classes,
                                                  mean=self.pixel_mean, variance=self.pixel_variance)
 
     def loss(self, y_true, y_pred):
@@ -193,7 +114,7 @@ class Segmentation(Task):
         classes of (2 |P.Y| + 1) / (|P| + |Y| + 1) on valid pixels), or their sum."""
         valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)  # (B, S, S)
         labels = tf.where(tf.not_equal(y_true, VOID), tf.cast(y_true, tf.int32), 0)
-        kind = _value(self.task_cfg.loss)
+        kind = option_value(self.task_cfg.loss)
         total = 0.0
         if kind in ("cross_entropy", "both"):
             pixel_loss = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
@@ -275,7 +196,7 @@ class Segmentation(Task):
         return paths
 
     # ------------------------------------------------------------------ serving
-    def _serving_fn(self, model):
+    def serving_fn(self, model):
         size = self.image_size
 
         def serve(image_bytes):
@@ -285,18 +206,8 @@ class Segmentation(Task):
 
         return serve
 
-    def export(self, model, path):
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serving_default", self._serving_fn(model),
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-        )
-        archive.write_out(path, verbose=False)
-
-    def serve_in_process(self, model, inputs):
-        outputs = self._serving_fn(model)(tf.constant(inputs))
-        return {k: v.numpy() for k, v in outputs.items()}
+    def serving_signature(self):
+        return [tf.TensorSpec([None], tf.string, name="image_bytes")]
 
 
 # ROC AUC reads at most this many valid pixels: beyond (e.g. many large images), a seeded

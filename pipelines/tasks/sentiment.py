@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from pipelines.data import Splits
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
-from pipelines.tasks.base import Task
+from pipelines.tasks.base import Task, label_names
 
 
 class Sentiment(Task):
@@ -23,22 +23,9 @@ class Sentiment(Task):
     and its padding is masked, so serving (padded to max_length) gives the same outputs.
     """
 
-    name = "sentiment"
-
     def adapt(self, splits: Splits) -> None:
-        texts, labels = splits.train
-        self.label_names = sorted(set(labels))
-        if len(self.label_names) < 2:
-            raise ValueError(
-                f"the training split has only the label {self.label_names}; need at least 2"
-            )
-        for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
-            unknown = sorted(set(pair[1]) - set(self.label_names)) if pair else []
-            if unknown:
-                raise ValueError(
-                    f"the {split_name} split has labels {unknown[:5]} that never occur in "
-                    f"train (train labels: {self.label_names})"
-                )
+        texts = splits.train[0]
+        self.label_names = label_names(splits)
         self.label_index = {name: i for i, name in enumerate(self.label_names)}
         self.vectorizer = keras.layers.TextVectorization(
             max_tokens=self.task_cfg.vocabulary_size,
@@ -79,14 +66,14 @@ class Sentiment(Task):
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def build_model(self) -> keras.Model:
-        factory = self.backbone_factory()
+        factory = self.backbone
         encoder = factory.text_encoder(self.vocabulary_size, self.task_cfg.max_length)
         # Any T <= max_length: bucketed batches are shorter; serving pads to max_length.
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = encoder(token_ids)  # (B, H)
         x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="head")(x)
-        return keras.Model(token_ids, logits, name=f"sentiment_{self.cfg.model.name}")
+        return keras.Model(token_ids, logits, name=self.model_name)
 
     def loss(self, y_true, y_pred):
         return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
@@ -117,7 +104,7 @@ class Sentiment(Task):
         }
 
     # ------------------------------------------------------------------ serving
-    def _serving_fn(self, model):
+    def serving_fn(self, model):
         names = tf.constant(self.label_names)
         vectorizer = self.vectorizer
 
@@ -129,17 +116,5 @@ class Sentiment(Task):
 
         return serve
 
-    def export(self, model, path):
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.track(self.vectorizer)
-        archive.add_endpoint(
-            "serving_default",
-            self._serving_fn(model),
-            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-        )
-        archive.write_out(path, verbose=False)
-
-    def serve_in_process(self, model, inputs):
-        outputs = self._serving_fn(model)(tf.constant(inputs))
-        return {k: v.numpy() for k, v in outputs.items()}
+    def trackables(self):
+        return [self.vectorizer]

@@ -13,6 +13,7 @@ from pipelines.data.splits import Splits
 from pipelines.run import execute
 from pipelines.tasks.ner import Ner
 from pipelines.tasks.sentiment import Sentiment
+from pipelines.tasks import build_task
 from tests.conftest import REPO
 
 register_schemas()
@@ -41,7 +42,7 @@ def _sentences(n=101, seed=0):
 def _sentiment(*overrides, n=101, model="lstm"):
     texts = [" ".join(s) for s in _sentences(n)]
     labels = [str(len(t) % 2) for t in texts]
-    task = Sentiment(_cfg("sentiment", *MODELS[model], "task.max_length=16", *overrides))
+    task = build_task(_cfg("sentiment", *MODELS[model], "task.max_length=16", *overrides))
     splits = Splits((texts, labels), (texts, labels))
     task.adapt(splits)
     return task, splits
@@ -50,7 +51,7 @@ def _sentiment(*overrides, n=101, model="lstm"):
 def _ner(*overrides, n=101, model="lstm"):
     sentences = _sentences(n)
     tags = [["B-X" if w in ("w1", "w2") else "O" for w in s] for s in sentences]
-    task = Ner(_cfg("ner", *MODELS[model], "task.max_length=16", *overrides))
+    task = build_task(_cfg("ner", *MODELS[model], "task.max_length=16", *overrides))
     splits = Splits((sentences, tags), (sentences, tags))
     task.adapt(splits)
     return task, splits

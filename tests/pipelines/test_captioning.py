@@ -19,7 +19,7 @@ from pipelines.metrics import caption_bleu
 from pipelines.models.recurrent import Recurrent
 from pipelines.models.transformer import Transformer
 from pipelines.run import execute
-from pipelines.tasks.captioning import WordTokenizer, caption_loss
+from pipelines.tasks.captioning import WordTokenizer, build_captioner, caption_loss
 from tests.conftest import REPO
 
 register_schemas()
@@ -44,7 +44,8 @@ def _captioner(name, caption_length=20, vocabulary_size=30):
                               num_decoder_layers=2, dropout=0.0)
     else:
         factory = Recurrent(cell=name, embedding_dim=16, units=32)
-    return factory.captioner(vocabulary_size, caption_length, 32, [8, 16], encoder_norm=None)
+    factory.name = name
+    return build_captioner(factory, vocabulary_size, caption_length, 32, [8, 16])
 
 
 def _inputs(lengths, width, seed=0):
@@ -214,7 +215,7 @@ def test_learns_generated_captions(name, tmp_path):
 def _splits(cfg):
     from pipelines.data import open_source
 
-    return open_source(cfg.data).captioning()
+    return open_source(cfg.data).read("image_captions")
 
 
 # ----------------------------------------------------------------------------- files, tfds
@@ -243,24 +244,24 @@ def test_flickr8k_token_file_and_errors(tmp_path):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
     tokens = tmp_path / "Flickr8k.token.txt"
     tokens.write_text("a.jpg#0\tA dog runs .\na.jpg#1\tA brown dog .\nb.jpg#0\tTwo cats .\n")
-    splits = FilesSource(train=str(tokens), validation=str(tokens)).captioning()
+    splits = FilesSource(train=str(tokens), validation=str(tokens)).read("image_captions")
     assert splits.train[1] == [["A dog runs .", "A brown dog ."], ["Two cats ."]]
     assert isinstance(splits.train[0][0], bytes)
 
     tokens.write_text("a.jpg#0\tA dog runs .\na.jpg A brown dog\n")
     with pytest.raises(DataFileError, match=r"Flickr8k.token.txt:2: expected 'IMAGE.jpg#N<TAB>CAPTION'"):
-        FilesSource(train=str(tokens)).captioning()
+        FilesSource(train=str(tokens)).read("image_captions")
     tokens.write_text("c.jpg#0\tA cat .\n")
     with pytest.raises(DataFileError, match=r"image c.jpg has captions but is not in .*Flicker8k_Dataset"):
-        FilesSource(train=str(tokens)).captioning()
+        FilesSource(train=str(tokens)).read("image_captions")
     bad = tmp_path / "captions_train2017.json"
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(DataFileError, match=r"captions_train2017.json: expected a COCO captions JSON"):
-        FilesSource(train=str(bad), image_dir=str(folder)).captioning()
+        FilesSource(train=str(bad), image_dir=str(folder)).read("image_captions")
     bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
                                "annotations": [{"image_id": 2, "caption": "x"}]}))
     with pytest.raises(DataFileError, match=r"annotations\[0\] names image_id=2, which is not in 'images'"):
-        FilesSource(train=str(bad), image_dir=str(folder)).captioning()
+        FilesSource(train=str(bad), image_dir=str(folder)).read("image_captions")
 
 
 def test_tfds_coco_captions_keeps_every_reference():
@@ -279,6 +280,6 @@ def test_tfds_coco_captions_keeps_every_reference():
         return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        splits = TfdsSource(name="coco_captions", download=False).captioning()
+        splits = TfdsSource(name="coco_captions", download=False).read("image_captions")
     assert splits.test[1][0] == ["A cat .", "a dog"] and len(splits.test[0]) == 10
     assert isinstance(splits.test[0][0], bytes)

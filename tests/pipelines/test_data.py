@@ -6,8 +6,8 @@ from pipelines.data.synthetic import SyntheticSource
 
 
 def test_synthetic_sentiment_is_deterministic_per_seed_and_balanced():
-    a, b = SyntheticSource(seed=1).sentiment(), SyntheticSource(seed=1).sentiment()
-    c = SyntheticSource(seed=2).sentiment()
+    a, b = SyntheticSource(seed=1).read("labelled_text"), SyntheticSource(seed=1).read("labelled_text")
+    c = SyntheticSource(seed=2).read("labelled_text")
     assert a.train == b.train and a.test == b.test
     assert a.train != c.train
     assert len(a.train[0]) == 8000 and len(a.validation[0]) == 1000 and len(a.test[0]) == 1000
@@ -20,7 +20,7 @@ def test_synthetic_sentiment_needs_word_order():
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    splits = SyntheticSource(seed=0, num_train=4000, num_test=1000).sentiment()
+    splits = SyntheticSource(seed=0, num_train=4000, num_test=1000).read("labelled_text")
     bag = CountVectorizer()
     classifier = LogisticRegression(max_iter=2000).fit(bag.fit_transform(splits.train[0]),
                                                        splits.train[1])
@@ -29,7 +29,7 @@ def test_synthetic_sentiment_needs_word_order():
 
 
 def test_limit_keeps_the_first_examples():
-    full, small = SyntheticSource().sentiment(), SyntheticSource(limit=10).sentiment()
+    full, small = SyntheticSource().read("labelled_text"), SyntheticSource(limit=10).read("labelled_text")
     assert small.train[0] == full.train[0][:10] and len(small.test[0]) == 10
 
 
@@ -45,7 +45,7 @@ def test_files_limit_draws_a_seeded_subset_across_the_class_folders(tmp_path):
 
     def subset(seed):
         splits = FilesSource(train=str(tmp_path), validation=str(tmp_path), limit=4,
-                             seed=seed).image_classification()
+                             seed=seed).read("labelled_images")
         assert len(splits.train[0]) == 4 and len(splits.validation[0]) == 4
         return [(label, int(image[0, 0, 0])) for image, label in zip(*splits.train)]
 
@@ -53,7 +53,7 @@ def test_files_limit_draws_a_seeded_subset_across_the_class_folders(tmp_path):
     assert len({label for label, _ in first}) > 1
     assert subset(42) == first and first == sorted(first)  # the same subset, in file order
     assert subset(7) != first
-    full = FilesSource(train=str(tmp_path), validation=str(tmp_path)).image_classification()
+    full = FilesSource(train=str(tmp_path), validation=str(tmp_path)).read("labelled_images")
     assert len(full.train[0]) == 18
 
 
@@ -81,13 +81,13 @@ def test_malformed_files_name_file_and_line(tmp_path, name, content, message):
 
 def test_missing_file_names_the_key(tmp_path):
     with pytest.raises(DataFileError, match="data.train=.*nope.txt: no such file"):
-        FilesSource(train=str(tmp_path / "nope.txt")).sentiment()
+        FilesSource(train=str(tmp_path / "nope.txt")).read("labelled_text")
 
 
 def test_files_source_holds_out_validation(tmp_path):
     lines = "".join(f"{i % 2} text number {i}\n" for i in range(100))
     (tmp_path / "train.txt").write_text(lines)
-    splits = FilesSource(train=str(tmp_path / "train.txt"), validation_fraction=0.2).sentiment()
+    splits = FilesSource(train=str(tmp_path / "train.txt"), validation_fraction=0.2).read("labelled_text")
     assert len(splits.train[0]) == 80 and len(splits.validation[0]) == 20 and splits.test is None
     assert not set(splits.train[0]) & set(splits.validation[0])
     assert splits.evaluation_name == "validation"
@@ -96,7 +96,7 @@ def test_files_source_holds_out_validation(tmp_path):
 def test_sst2_files(shared_data):
     root = shared_data("sentiment/sst2")
     splits = FilesSource(train=str(root / "stsa.binary.train"),
-                         validation=str(root / "stsa.binary.dev")).sentiment()
+                         validation=str(root / "stsa.binary.dev")).read("labelled_text")
     assert len(splits.train[0]) == 6920 and len(splits.validation[0]) == 872
     assert set(splits.train[1]) == {"0", "1"}
     phrases = read_text_classification(root / "glue_sst2_train_phrases.tsv", text_column="sentence")
@@ -109,7 +109,7 @@ def test_tfds_by_name_with_mock_data():
     from pipelines.data.tfds_source import TfdsSource
 
     with tfds.testing.mock_data(num_examples=12):
-        splits = TfdsSource(name="imdb_reviews", download=False).sentiment()
+        splits = TfdsSource(name="imdb_reviews", download=False).read("labelled_text")
     assert len(splits.test[0]) == 12 and len(splits.train[0]) + len(splits.validation[0]) == 12
     assert set(splits.train[1]) <= {"neg", "pos"}
     assert all(isinstance(t, str) for t in splits.train[0])
@@ -119,4 +119,4 @@ def test_tfds_unknown_name_is_a_clear_error():
     from pipelines.data.tfds_source import TfdsSource
 
     with pytest.raises(RuntimeError, match="data.name=no_such_dataset_xyz: TensorFlow Datasets could not load it"):
-        TfdsSource(name="no_such_dataset_xyz").sentiment()
+        TfdsSource(name="no_such_dataset_xyz").read("labelled_text")

@@ -17,6 +17,7 @@ from pipelines.data.files import DataFileError, FilesSource
 from pipelines.data.scenes import KINDS, make_scenes
 from pipelines.run import execute
 from pipelines.tasks.image_classification import ImageClassification, augment
+from pipelines.tasks import build_task
 from tests.conftest import REPO
 
 register_schemas()
@@ -83,7 +84,7 @@ def test_dataset_has_static_shapes_and_resizes_mixed_sizes():
               [(20, 30), (64, 48), (32, 32), (17, 90)] * 4]
     labels = ["a", "b", "c", "d"] * 4
     images[0] = tf.io.encode_png(images[0]).numpy()  # encoded bytes are decoded as in serving
-    task = ImageClassification(_cfg("task.image_size=24"))
+    task = build_task(_cfg("task.image_size=24"))
     task.adapt(Splits((images, labels), (images[:4], labels[:4])))
     assert task.label_names == ["a", "b", "c", "d"] and task.mean.shape == (3,)
     x, y = next(iter(task.dataset((images, labels), training=True, batch_size=8)))
@@ -167,7 +168,7 @@ def test_mnist_png_folders_through_data_files(shared_data, tmp_path):
     _write_png_folder(tmp_path / "train", *train)
     _write_png_folder(tmp_path / "test", *test)
 
-    splits = FilesSource(train=str(tmp_path / "train"), test=str(tmp_path / "test")).image_classification()
+    splits = FilesSource(train=str(tmp_path / "train"), test=str(tmp_path / "test")).read("labelled_images")
     assert len(splits.train[0]) + len(splits.validation[0]) == 1500 and len(splits.test[0]) == 300
     assert splits.test[0][0].shape == (28, 28, 3) and splits.test[0][0].dtype == np.uint8
     assert set(splits.test[1]) == {str(d) for d in range(10)}
@@ -189,13 +190,13 @@ def test_unreadable_image_names_the_file(tmp_path):
     broken.write_bytes(b"not an image at all")
     (tmp_path / "dog" / "notes.txt").write_text("skipped: not an image suffix")
     with pytest.raises(DataFileError, match=f"{broken}: cannot decode it as an image"):
-        FilesSource(train=str(tmp_path)).image_classification()
+        FilesSource(train=str(tmp_path)).read("labelled_images")
     broken.unlink()
-    images, labels = FilesSource(train=str(tmp_path), validation=str(tmp_path)).image_classification().train
+    images, labels = FilesSource(train=str(tmp_path), validation=str(tmp_path)).read("labelled_images").train
     assert labels == ["cat", "dog"] and images[0].shape == (4, 4, 3)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataFileError, match="no class sub-folders"):
-        FilesSource(train=str(tmp_path / "empty")).image_classification()
+        FilesSource(train=str(tmp_path / "empty")).read("labelled_images")
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 3)), ("cifar10", (32, 32, 3)),
@@ -206,7 +207,7 @@ def test_tfds_by_name_with_mock_data(name, shape):
     from pipelines.data.tfds_source import TfdsSource
 
     with tfds.testing.mock_data(num_examples=10):
-        splits = TfdsSource(name=name, download=False).image_classification()
+        splits = TfdsSource(name=name, download=False).read("labelled_images")
     assert len(splits.test[0]) == 10 and len(splits.train[0]) + len(splits.validation[0]) == 10
     images = splits.test[0]
     if shape is None:  # photos of many sizes stay a list of (H, W, 3)

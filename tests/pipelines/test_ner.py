@@ -13,6 +13,7 @@ from pipelines.config import register_schemas
 from pipelines.data.splits import Splits
 from pipelines.run import execute
 from pipelines.tasks.ner import Ner
+from pipelines.tasks import build_task
 from tests.conftest import REPO
 
 register_schemas()
@@ -27,7 +28,7 @@ def _cfg(*overrides):
 def _toy_task(*overrides):
     tokens = [["john", "lives", "in", "new", "york"], ["acme", "corp", "hired", "mary"]]
     tags = [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["B-ORG", "I-ORG", "O", "B-PER"]]
-    task = Ner(_cfg("model=lstm", "model.units=8", "model.embedding_dim=8", "task.max_length=6",
+    task = build_task(_cfg("model=lstm", "model.units=8", "model.embedding_dim=8", "task.max_length=6",
                     *overrides))
     splits = Splits((tokens * 4, tags * 4), (tokens, tags))
     task.adapt(splits)
@@ -66,7 +67,7 @@ def test_metrics_are_seqevals(monkeypatch):
 
 
 def test_unknown_tag_in_validation_is_a_clear_error():
-    task = Ner(_cfg("model=lstm"))
+    task = build_task(_cfg("model=lstm"))
     splits = Splits(([["a"]], [["O"]]), ([["b"]], [["B-XYZ"]]))
     with pytest.raises(ValueError, match=r"validation split has tags \['B-XYZ'\] that never occur in train"):
         task.adapt(splits)

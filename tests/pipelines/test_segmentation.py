@@ -17,6 +17,7 @@ from pipelines.data import Splits
 from pipelines.data.files import DataFileError, FilesSource
 from pipelines.run import execute
 from pipelines.tasks.segmentation import VOID, Segmentation, foreground_scores
+from pipelines.tasks import build_task
 from tests.conftest import REPO
 
 register_schemas()
@@ -46,7 +47,7 @@ def _striped(count, size=16, seed=0):
 
 
 def _task(*overrides, splits):
-    task = Segmentation(_cfg(*overrides))
+    task = build_task(_cfg(*overrides))
     task.adapt(splits)
     return task
 
@@ -96,7 +97,7 @@ def test_dice_loss_is_zero_for_a_confident_perfect_prediction():
 @pytest.mark.parametrize("monitor,mode", [("val_loss", "min"), ("loss", "min"),
                                           ("val_accuracy", "max"), ("val_bleu", "max")])
 def test_monitor_mode_is_min_for_a_loss_and_max_for_a_metric(monitor, mode):
-    assert Segmentation(_cfg(f"task.monitor={monitor}")).monitor_mode == mode
+    assert build_task(_cfg(f"task.monitor={monitor}")).monitor_mode == mode
 
 
 # ----------------------------------------------------------------------------- binary metrics
@@ -116,7 +117,7 @@ def test_binary_f1_and_auc_count_only_pixels_inside_the_region_and_not_ignored(t
         (root / folder).mkdir(parents=True)
         Image.fromarray(array.astype(np.uint8)).save(root / folder / "01.png")
     pair = FilesSource(train=str(root), validation=str(root), region_dir="fov",
-                       ignore_index=2).segmentation().validation
+                       ignore_index=2).read("image_masks").validation
     task = _task("task.image_size=4", "data.ignore_index=2", splits=Splits(pair, pair))
     assert task.num_classes == 2 and (task.prepare(pair)[1] != VOID).sum() == 11
     logits = np.stack([np.zeros((4, 4)), np.log(probability / (1 - probability))], -1)[None]
@@ -198,7 +199,7 @@ def _write_folder(root, masks, suffix=".png", mask_mode="L"):
 def test_images_and_masks_folders_pair_by_stem_and_binary_masks_become_0_1(tmp_path):
     binary = [np.where(np.eye(6, dtype=bool), 255, 0) for _ in range(3)]
     _write_folder(tmp_path / "bin", binary, suffix=".jpg")
-    splits = FilesSource(train=str(tmp_path / "bin"), validation=str(tmp_path / "bin")).segmentation()
+    splits = FilesSource(train=str(tmp_path / "bin"), validation=str(tmp_path / "bin")).read("image_masks")
     assert len(splits.train[0]) == 3 and isinstance(splits.train[0][0], bytes)
     np.testing.assert_array_equal(splits.train[1][0], np.eye(6, dtype=np.uint8))
     # Class indices stay as they are, also from a palette image; 255 is kept as void with
@@ -208,12 +209,12 @@ def test_images_and_masks_folders_pair_by_stem_and_binary_masks_become_0_1(tmp_p
     palette = Image.fromarray(indexed[0].astype(np.uint8), mode="P")
     palette.putpalette([c for i in range(256) for c in (i * 7 % 256, 0, 0)])
     palette.save(tmp_path / "idx" / "masks" / "im1.png")
-    splits = FilesSource(train=str(tmp_path / "idx"), validation=str(tmp_path / "idx")).segmentation()
+    splits = FilesSource(train=str(tmp_path / "idx"), validation=str(tmp_path / "idx")).read("image_masks")
     np.testing.assert_array_equal(splits.train[1][1], indexed[0])
     voids = [np.where(np.eye(4, dtype=bool), 255, 0) for _ in range(2)]
     _write_folder(tmp_path / "void", voids)
     splits = FilesSource(train=str(tmp_path / "void"), validation=str(tmp_path / "void"),
-                         ignore_index=255).segmentation()
+                         ignore_index=255).read("image_masks")
     assert set(np.unique(splits.train[1][0])) == {0, 255}
 
 
@@ -221,24 +222,24 @@ def test_folder_errors_name_the_file(tmp_path):
     _write_folder(tmp_path / "a", [np.zeros((4, 4)), np.zeros((4, 4))])
     (tmp_path / "a" / "masks" / "im1.png").unlink()
     with pytest.raises(DataFileError, match=r"im1.png: no mask with the pairing key 'im1' in .*masks"):
-        FilesSource(train=str(tmp_path / "a")).segmentation()
+        FilesSource(train=str(tmp_path / "a")).read("image_masks")
     _write_folder(tmp_path / "b", [np.zeros((4, 4))])
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(
         tmp_path / "b" / "masks" / "im0.png")
     with pytest.raises(DataFileError, match=r"im0.png: expected a single-channel mask"):
-        FilesSource(train=str(tmp_path / "b")).segmentation()
+        FilesSource(train=str(tmp_path / "b")).read("image_masks")
     _write_folder(tmp_path / "c", [np.zeros((4, 4))])
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(tmp_path / "c" / "masks" / "im0.png")
     with pytest.raises(DataFileError, match=r"mask size \(5, 4\) differs from its image"):
-        FilesSource(train=str(tmp_path / "c")).segmentation()
+        FilesSource(train=str(tmp_path / "c")).read("image_masks")
     with pytest.raises(DataFileError, match=r"data.mask_dir=labels: no such folder"):
-        FilesSource(train=str(tmp_path / "c"), mask_dir="labels").segmentation()
+        FilesSource(train=str(tmp_path / "c"), mask_dir="labels").read("image_masks")
 
 
 def test_drive_pairs_by_key_binarises_and_voids_outside_the_field_of_view(shared_data):
     root = shared_data("semantic_segmentation/drive/training")
     splits = FilesSource(train=str(root), mask_dir="1st_manual", region_dir="mask",
-                         pair_key=r"^(\d+)_", validation_fraction=0.2).segmentation()
+                         pair_key=r"^(\d+)_", validation_fraction=0.2).read("image_masks")
     assert len(splits.train[0]) == 16 and len(splits.validation[0]) == 4
     mask = splits.train[1][0]
     assert mask.shape == (584, 565) and set(np.unique(mask)) == {0, 1, VOID}
@@ -276,7 +277,7 @@ def test_tfds_oxford_iiit_pet_keeps_images_encoded_and_labels_as_they_are():
         return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=signature)
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        splits = TfdsSource(name="oxford_iiit_pet", download=False).segmentation()
+        splits = TfdsSource(name="oxford_iiit_pet", download=False).read("image_masks")
     assert len(splits.train[0]) + len(splits.validation[0]) == 10 and len(splits.test[0]) == 10
     task = _task("task.image_size=16", splits=splits)
     images, masks = task.prepare(splits.test)

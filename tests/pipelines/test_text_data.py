@@ -21,8 +21,8 @@ def _is_iob2(tags):
 # ----------------------------------------------------------------------------- synthetic translation
 def test_synthetic_translation_sizes_and_determinism_per_seed():
     small = dict(num_train=300, num_validation=50, num_test=50)
-    a, b = SyntheticSource(seed=1, **small).translation(), SyntheticSource(seed=1, **small).translation()
-    c = SyntheticSource(seed=2, **small).translation()
+    a, b = SyntheticSource(seed=1, **small).read("parallel_text"), SyntheticSource(seed=1, **small).read("parallel_text")
+    c = SyntheticSource(seed=2, **small).read("parallel_text")
     assert a == b and a.train != c.train
     assert [len(p[0]) for p in (a.train, a.validation, a.test)] == [300, 50, 50]
     assert a.train[0] != a.validation[0]  # each split has its own generator
@@ -32,13 +32,13 @@ def test_synthetic_translation_sizes_and_determinism_per_seed():
 
 
 def test_synthetic_translation_default_sizes():
-    splits = SyntheticSource(seed=0).translation()
+    splits = SyntheticSource(seed=0).read("parallel_text")
     assert [len(p[0]) for p in (splits.train, splits.validation, splits.test)] == [20000, 1000, 1000]
     assert len(splits.train[1]) == 20000
 
 
 def test_translation_is_a_pure_function_of_the_source():
-    splits = SyntheticSource(seed=3, num_train=3000, num_validation=10, num_test=10).translation()
+    splits = SyntheticSource(seed=3, num_train=3000, num_validation=10, num_test=10).read("parallel_text")
     targets = {}
     for source, target in zip(*splits.train):
         assert st.translate(source) == target
@@ -85,8 +85,8 @@ def test_translate_rejects_sentences_outside_the_grammar():
 
 # ----------------------------------------------------------------------------- synthetic ner
 def test_synthetic_ner_sizes_determinism_and_iob2():
-    a, b = SyntheticSource(seed=1).ner(), SyntheticSource(seed=1).ner()
-    c = SyntheticSource(seed=2, num_train=100).ner()
+    a, b = SyntheticSource(seed=1).read("conll"), SyntheticSource(seed=1).read("conll")
+    c = SyntheticSource(seed=2, num_train=100).read("conll")
     assert [len(p[0]) for p in (a.train, a.validation, a.test)] == [8000, 1000, 1000]
     assert a == b and a.train[0][:100] != c.train[0]
     for tokens, tags in zip(*a.train):
@@ -133,11 +133,11 @@ def test_reads_prefix_pairs_gz_and_tsv(tmp_path):
     _write(tmp_path / "train.de.gz", "ein Hund\ndie Katze\n\nviele Vögel\n", compress=True)
     _write(tmp_path / "val.tsv", "hello\thallo\n\nyes\tja\tCC-BY attribution\n")
     splits = FilesSource(train=str(tmp_path / "train"), validation=str(tmp_path / "val.tsv"),
-                         source_lang="en", target_lang="de").translation()
+                         source_lang="en", target_lang="de").read("parallel_text")
     assert splits.train == (["a dog", "the cat", "many birds"], ["ein Hund", "die Katze", "viele Vögel"])
     assert splits.validation == (["hello", "yes"], ["hallo", "ja"])
     reverse = FilesSource(train=str(tmp_path / "train"), validation=str(tmp_path / "val.tsv"),
-                          source_lang="de", target_lang="en").translation()
+                          source_lang="de", target_lang="en").read("parallel_text")
     assert reverse.train[0][0] == "ein Hund" and reverse.train[1][0] == "a dog"
 
 
@@ -152,7 +152,7 @@ def test_parallel_file_errors(tmp_path, files, message):
     for name, text in files.items():
         _write(tmp_path / name, text)
     with pytest.raises(DataFileError, match=message):
-        FilesSource(train=str(tmp_path / "t"), source_lang="en", target_lang="de").translation()
+        FilesSource(train=str(tmp_path / "t"), source_lang="en", target_lang="de").read("parallel_text")
 
 
 @pytest.mark.parametrize("content,message", [
@@ -163,20 +163,20 @@ def test_parallel_file_errors(tmp_path, files, message):
 def test_tsv_errors_name_file_and_line(tmp_path, content, message):
     _write(tmp_path / "bad.tsv", content)
     with pytest.raises(DataFileError, match=message):
-        FilesSource(train=str(tmp_path / "bad.tsv")).translation()
+        FilesSource(train=str(tmp_path / "bad.tsv")).read("parallel_text")
 
 
 def test_non_utf8_line_is_named(tmp_path):
     (tmp_path / "t.en").write_bytes(b"fine\n\xff\xfe broken\n")
     _write(tmp_path / "t.de", "gut\nkaputt\n")
     with pytest.raises(DataFileError, match=r"t\.en:2: not UTF-8 text"):
-        FilesSource(train=str(tmp_path / "t")).translation()
+        FilesSource(train=str(tmp_path / "t")).read("parallel_text")
 
 
 def test_multi30k_files(shared_data):
     root = shared_data("translation/multi30k_en_de")
     splits = FilesSource(train=str(root / "train"), validation=str(root / "val"),
-                         source_lang="en", target_lang="de").translation()
+                         source_lang="en", target_lang="de").read("parallel_text")
     assert len(splits.train[0]) == len(splits.train[1]) == 29000
     assert len(splits.validation[0]) == 1014 and splits.test is None
     assert splits.train[0][0] == "Two young, White males are outside near many bushes."
@@ -214,9 +214,9 @@ def test_iob1_is_converted_to_iob2(tmp_path):
     assert iob1_to_iob2(iob2) == iob2
     _write(tmp_path / "eng.train", "".join(f"w{i} NN {tag}\n" for i, tag in enumerate(iob1)))
     with pytest.raises(DataFileError, match=r"eng\.train:1: tag 'I-PER' follows 'O'.*data\.tag_scheme=iob1"):
-        FilesSource(train=str(tmp_path / "eng.train")).ner()
+        FilesSource(train=str(tmp_path / "eng.train")).read("conll")
     splits = FilesSource(train=str(tmp_path / "eng.train"), validation=str(tmp_path / "eng.train"),
-                         tag_scheme="iob1").ner()
+                         tag_scheme="iob1").read("conll")
     assert splits.train[1] == [iob2]
 
 
@@ -231,18 +231,18 @@ def test_iob1_is_converted_to_iob2(tmp_path):
 def test_conll_errors_name_file_and_line(tmp_path, content, message):
     _write(tmp_path / "bad.conll", content)
     with pytest.raises(DataFileError, match=message):
-        FilesSource(train=str(tmp_path / "bad.conll")).ner()
+        FilesSource(train=str(tmp_path / "bad.conll")).read("conll")
 
 
 def test_unknown_tag_scheme_is_named(tmp_path):
     _write(tmp_path / "a.conll", "EU B-ORG\n")
     with pytest.raises(DataFileError, match="data.tag_scheme must be one of iob2, iob1; received 'bio'"):
-        FilesSource(train=str(tmp_path / "a.conll"), tag_scheme="bio").ner()
+        FilesSource(train=str(tmp_path / "a.conll"), tag_scheme="bio").read("conll")
 
 
 def test_conll2003_files(shared_data):
     root = shared_data("ner/conll2003")
-    splits = FilesSource(train=str(root / "train.txt"), validation=str(root / "valid.txt")).ner()
+    splits = FilesSource(train=str(root / "train.txt"), validation=str(root / "valid.txt")).read("conll")
     assert len(splits.train[0]) == 14041 and len(splits.validation[0]) == 3250
     assert sum(map(len, splits.train[0])) == 203621
     assert splits.train[0][0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
@@ -253,7 +253,7 @@ def test_conll2003_files(shared_data):
 def test_wnut17_files(shared_data):
     root = shared_data("ner/wnut17")
     splits = FilesSource(train=str(root / "wnut17train.conll"),
-                         validation=str(root / "emerging.dev.conll")).ner()
+                         validation=str(root / "emerging.dev.conll")).read("conll")
     assert len(splits.train[0]) == 3394 and len(splits.validation[0]) == 1009
     assert sum(map(len, splits.validation[0])) == 15733
     assert "Dubbz\ufeff" in {token for tokens in splits.validation[0] for token in tokens}
@@ -278,17 +278,17 @@ def test_tfds_translation_picks_languages_from_the_name():
     spec = tf.TensorSpec([], tf.string)
     pairs = [{"pt": f"olá {i}", "en": f"hello {i}"} for i in range(10)]
     with tfds.testing.mock_data(as_dataset_fn=_mock_dataset(pairs, {"pt": spec, "en": spec})):
-        splits = TfdsSource(name="ted_hrlr_translate/pt_to_en", download=False).translation()
+        splits = TfdsSource(name="ted_hrlr_translate/pt_to_en", download=False).read("parallel_text")
         reverse = TfdsSource(name="ted_hrlr_translate/pt_to_en", source_lang="en",
-                             download=False).translation()
+                             download=False).read("parallel_text")
     assert splits.test == ([f"olá {i}" for i in range(10)], [f"hello {i}" for i in range(10)])
     assert len(splits.train[0]) + len(splits.validation[0]) == 10
     assert reverse.test[0][0] == "hello 0" and reverse.test[1][0] == "olá 0"
 
     with tfds.testing.mock_data(num_examples=6):
-        wmt = TfdsSource(name="wmt14_translate/de-en", download=False, limit=4).translation()
+        wmt = TfdsSource(name="wmt14_translate/de-en", download=False, limit=4).read("parallel_text")
         with pytest.raises(RuntimeError, match=r"data.name=wmt14_translate: cannot tell the source and target language features .*set data.source_lang"):
-            TfdsSource(name="wmt14_translate", download=False).translation()
+            TfdsSource(name="wmt14_translate", download=False).read("parallel_text")
     assert len(wmt.test[0]) == 4 and all(isinstance(s, str) for s in wmt.test[0] + wmt.test[1])
 
 
@@ -304,10 +304,10 @@ def test_tfds_conll2003_maps_tag_ids_to_names():
     signature = {"tokens": tf.TensorSpec([None], tf.string), "ner": tf.TensorSpec([None], tf.int64),
                  "pos": tf.TensorSpec([None], tf.int64), "chunks": tf.TensorSpec([None], tf.int64)}
     with tfds.testing.mock_data(as_dataset_fn=_mock_dataset([sentence] * 5, signature)):
-        splits = TfdsSource(name="conll2003", download=False).ner()
+        splits = TfdsSource(name="conll2003", download=False).read("conll")
     assert splits.test[0][0] == ["Peter", "Blackburn", "visited", "New", "York"]
     assert splits.test[1][0] == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]
     # TFDS's own random mock data has token and tag sequences of different lengths.
     with tfds.testing.mock_data(num_examples=2):
         with pytest.raises(RuntimeError, match=r"data.name=conll2003: example 0 of split 'train' has \d+ tokens but \d+ tags"):
-            TfdsSource(name="conll2003", download=False).ner()
+            TfdsSource(name="conll2003", download=False).read("conll")

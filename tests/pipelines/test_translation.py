@@ -15,6 +15,7 @@ from pipelines.config import register_schemas
 from pipelines.data.splits import Splits
 from pipelines.run import execute
 from pipelines.tasks.translation import Translation
+from pipelines.tasks import build_task
 from tests.conftest import REPO
 
 register_schemas()
@@ -32,7 +33,7 @@ def _toy_task(model, *overrides):
     tgt = ["le chat rouge voit un chien", "un grand chien court", "le petit oiseau chante",
            "mon chat mange poisson"]
     extra = SMALL if model == "transformer" else ["model.units=16", "model.embedding_dim=16"]
-    task = Translation(_cfg(f"model={model}", "task.source_length=12", "task.target_length=12",
+    task = build_task(_cfg(f"model={model}", "task.source_length=12", "task.target_length=12",
                             *extra, *overrides))
     splits = Splits((src * 8, tgt * 8), (src, tgt))
     task.adapt(splits)
@@ -111,7 +112,7 @@ def test_export_serves_the_same_translations_in_a_fresh_process(model, tmp_path)
     history = json.loads((tmp_path / "checkpoints" / "trainer_state.json").read_text())["history"]
     assert 0 <= history[0]["val_bleu"] <= 100  # per-epoch validation BLEU, monitored
     sources = [row["source"] for row in json.loads((tmp_path / "samples.json").read_text())[:4]]
-    expected = [str(t) for t in result.task.serve_in_process(result.model, sources)["translation"]]
+    expected = [t.decode() for t in result.task.serve_in_process(result.model, sources)["translation"]]
     assert _serve_in_fresh_process(tmp_path / "saved_model", sources) == expected
 
 

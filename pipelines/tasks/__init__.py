@@ -1,0 +1,35 @@
+"""Tasks: one module each. `build_task(cfg)` is the one construction path.
+
+The task class is the task group's `_target_`, built from its own subtree (`cfg.task`) and
+handed the pieces it needs: the data source (`cfg.data`, read in the format `task.reader`
+names), the backbone factory (`cfg.model`, playing the roles `task.needs` lists), the trainer
+and the decode settings. Nothing here imports TensorFlow until a task class is loaded.
+"""
+from __future__ import annotations
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.data import open_source
+
+# Keys of the model group that describe it rather than configure its factory.
+MODEL_LABELS = ("name", "roles")
+
+
+def build_backbone(model_cfg: DictConfig):
+    """The model group's `_target_`, instantiated; `name` is kept as its label."""
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    labels = {key: kwargs.pop(key, None) for key in MODEL_LABELS}
+    backbone = instantiate(kwargs)
+    backbone.name = labels["name"]
+    return backbone
+
+
+def build_task(cfg: DictConfig):
+    """The configured task, with its data source, backbone, trainer and decode settings."""
+    task_class = get_class(cfg.task._target_)
+    return task_class(cfg.task, data=open_source(cfg.data), backbone=build_backbone(cfg.model),
+                      trainer=cfg.trainer, decode=cfg.get("decode"))
+
+
+__all__ = ["build_backbone", "build_task"]

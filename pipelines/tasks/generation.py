@@ -1,0 +1,196 @@
+"""What translation and captioning share: the target-side text pipeline, the sequence loss,
+token statistics, decoding through `EncoderDecoder.generate`, and per-epoch validation BLEU.
+
+Target tokenizers reserve ids 0-3 for padding, unknown, start and end: `WordPieceTokenizer`
+(subwords learned with keras-hub's WordPiece trainer; loading the export needs
+`import tensorflow_text`) and `WordTokenizer` (whole words from a `TextVectorization`
+vocabulary, core TF ops only). Both give ragged ids in the graph and detokenize in it.
+"""
+from __future__ import annotations
+
+import abc
+import re
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+from pipelines.tasks.base import Task
+from pipelines.trainer import Hook
+
+PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
+RESERVED = [PAD, UNK, START, END]  # ids 0..3
+_PUNCTUATION = re.compile(r'[!"#$%&()\*\+,\-\./:;<=>?@\[\\\]^_`{|}~\']')  # as TextVectorization
+
+
+def learn_wordpiece(texts: list[str], vocabulary_size: int, lowercase: bool):
+    """A WordPiece tokenizer whose vocabulary is learned on `texts` (ids 0-3 reserved)."""
+    vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+        tf.data.Dataset.from_tensor_slices(texts).batch(1024), vocabulary_size,
+        lowercase=lowercase, strip_accents=False, reserved_tokens=RESERVED,
+    )
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=vocabulary, lowercase=lowercase, strip_accents=False, oov_token=UNK,
+        dtype="int32",
+    )
+
+
+class WordPieceTokenizer:
+    """Subwords from a WordPiece vocabulary learned on the training texts."""
+
+    def __init__(self, texts: list[str], vocabulary_size: int, lowercase: bool):
+        self.tokenizer = learn_wordpiece(texts, vocabulary_size, lowercase)
+        self.start_id = self.tokenizer.token_to_id(START)
+        self.end_id = self.tokenizer.token_to_id(END)
+        self.lowercase = lowercase
+
+    def vocabulary_size(self) -> int:
+        return self.tokenizer.vocabulary_size()
+
+    def get_vocabulary(self) -> list[str]:
+        return self.tokenizer.get_vocabulary()
+
+    def tokenize(self, texts):
+        """strings (B,) -> ragged ids (B, None)."""
+        ids = self.tokenizer(texts)
+        if isinstance(ids, list):  # keras-hub gives Python lists in eager mode
+            ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+        return tf.cast(ids, tf.int32)
+
+    def detokenize(self, ids):
+        """ragged ids (B, None) -> strings (B,)."""
+        texts = self.tokenizer.detokenize(ids)
+        if isinstance(texts, (list, str, bytes)):  # eager mode, as above
+            texts = tf.constant(texts)
+        return tf.strings.strip(texts)
+
+    def normalize(self, text: str) -> str:
+        return " ".join((text.lower() if self.lowercase else text).split())
+
+    def trackables(self) -> list:
+        return [self.tokenizer]
+
+
+class WordTokenizer:
+    """Whole words from a `TextVectorization` vocabulary: ids 0 '', 1 [UNK], 2 [start],
+    3 [end], then the training words by frequency."""
+
+    start_id, end_id = 2, 3
+
+    def __init__(self, texts: list[str], vocabulary_size: int, lowercase: bool):
+        standardize = "lower_and_strip_punctuation" if lowercase else "strip_punctuation"
+        counter = keras.layers.TextVectorization(max_tokens=vocabulary_size - 2,
+                                                 standardize=standardize)
+        counter.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
+        words = [str(w) for w in counter.get_vocabulary()[2:]]  # without '' and [UNK]
+        self.layer = keras.layers.TextVectorization(
+            vocabulary=[START.lower(), END.lower(), *words], standardize=standardize,
+            ragged=True, name="caption_vectorization")
+        self.vocabulary = [str(w) for w in self.layer.get_vocabulary()]
+        self.words = tf.constant(self.vocabulary)
+        self.lowercase = lowercase
+        self.layer(tf.constant(["a"]))  # called once, so that ExportArchive can track it
+
+    def vocabulary_size(self) -> int:
+        return len(self.vocabulary)
+
+    def get_vocabulary(self) -> list[str]:
+        return self.vocabulary
+
+    def tokenize(self, texts):
+        return tf.cast(self.layer(texts), tf.int32)
+
+    def detokenize(self, ids):
+        return tf.strings.reduce_join(tf.gather(self.words, ids), axis=-1, separator=" ")
+
+    def normalize(self, text: str) -> str:
+        """A reference as the tokenizer sees it: what BLEU compares hypotheses with."""
+        text = _PUNCTUATION.sub("", text.lower() if self.lowercase else text)
+        return " ".join(text.split())
+
+    def trackables(self) -> list:
+        return [self.layer]
+
+
+def sequence_loss(y_true, y_pred, length: int | None = None):
+    """Per sequence (B,): token cross-entropy summed over its tokens (0 = padding), divided
+    by `length` (a constant: every token weighs the same) or, with None, by the sequence's
+    own token count (every sequence weighs the same). Padding never changes it."""
+    mask = tf.cast(tf.not_equal(y_true, 0), tf.float32)  # (B, T)
+    token_loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+    total = tf.reduce_sum(token_loss * mask, axis=-1)
+    if length is not None:
+        return total / float(length)
+    return total / tf.maximum(tf.reduce_sum(mask, axis=-1), 1.0)
+
+
+def token_accuracy(y_true, y_pred) -> dict:
+    """Next-token accuracy on valid positions under teacher forcing: monitoring only."""
+    mask = tf.cast(tf.not_equal(y_true, 0), tf.float32)
+    correct = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
+                               tf.cast(y_true, tf.int32)), tf.float32)
+    return {"accuracy": (tf.reduce_sum(correct * mask), tf.reduce_sum(mask))}
+
+
+class GenerationTask(Task):
+    """A source in, a token sequence out: an `EncoderDecoder` from the backbone's
+    `sequence_decoder` role, teacher forcing in training, `decode.*` search in evaluation
+    and export. Subclasses set `self.tokenizer` and `self.target_length` in `adapt`
+    (`set_target`) and implement `bleu(model, pair)` for `trainer.eval_bleu_every`."""
+
+    loss_length: int | None = None  # see `sequence_loss`
+
+    def set_target(self, tokenizer, target_length: int) -> None:
+        self.tokenizer, self.target_length = tokenizer, int(target_length)
+        self.start_id, self.end_id = tokenizer.start_id, tokenizer.end_id
+        self.max_decode = min(self.decode_cfg.max_length or self.target_length,
+                              self.target_length)
+
+    def encode_targets(self, texts):
+        """strings (B,) -> [START] ids [END] (B, target_length + 1), 0-padded, cut."""
+        ids = self.tokenizer.tokenize(texts)[:, : self.target_length - 1]  # ragged (B, None)
+        edge = tf.ones([ids.nrows(), 1], tf.int32)
+        full = tf.concat([edge * self.start_id, ids, edge * self.end_id], axis=1)
+        return full.to_tensor(shape=[None, self.target_length + 1])
+
+    def detokenize(self, ids):
+        """ids (B, T) -> strings (B,), special tokens dropped."""
+        ids = tf.cast(ids, tf.int32)
+        return self.tokenizer.detokenize(tf.ragged.boolean_mask(ids, ids >= len(RESERVED)))
+
+    def generate_ids(self, model, source):
+        """source (B, ...) -> token ids (B, max_decode), beam search per `decode.*`."""
+        return model.generate(source, self.start_id, self.end_id, self.max_decode,
+                              beam_size=self.decode_cfg.beam_size,
+                              length_penalty=self.decode_cfg.length_penalty)
+
+    def loss(self, y_true, y_pred):
+        return sequence_loss(y_true, y_pred, self.loss_length)
+
+    def stats(self, y_true, y_pred):
+        return token_accuracy(y_true, y_pred)
+
+    def trackables(self):
+        return self.tokenizer.trackables()
+
+    @abc.abstractmethod
+    def bleu(self, model, pair) -> float:
+        """BLEU (0-100) of the model's outputs on `pair` against its references."""
+
+    def hooks(self, model, splits):
+        every = self.trainer_cfg.eval_bleu_every
+        return [ValidationBleu(self, model, splits.validation, every)] if every else []
+
+
+class ValidationBleu(Hook):
+    """`trainer.eval_bleu_every=N`: BLEU on up to 200 validation examples every N epochs,
+    added to the epoch's logs as `val_bleu` (so `task.monitor=val_bleu` works)."""
+
+    def __init__(self, task: GenerationTask, model, pair, every: int, sample: int = 200):
+        self.task, self.model, self.every = task, model, every
+        self.pair = (pair[0][:sample], pair[1][:sample])
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if (epoch + 1) % self.every:
+            return
+        logs["val_bleu"] = self.task.bleu(self.model, self.pair)
