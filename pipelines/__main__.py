@@ -5,6 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines.config import ConfigError, check, register_schemas
+from pipelines.logs import quiet_tensorflow
 
 register_schemas()
 
@@ -16,7 +17,8 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         print(f"Config error: {error}", file=sys.stderr)
         sys.exit(2)
-    from pipelines.run import run  # TensorFlow is imported from here on
+    with quiet_tensorflow():  # no absl / TF C++ chatter unless PIPELINES_TF_LOGS=1
+        from pipelines.run import run  # TensorFlow is imported from here on
 
     try:
         return run(cfg).get("objective")
