@@ -256,6 +256,7 @@ class Trainer:
             log.info("resuming at epoch %d of %d%s", start + 1, epochs,
                      f" (step {partial.steps} of {steps_per_epoch})" if partial.steps else "")
         if start < epochs:
+            self._check_workers_agree()
             if state.step:
                 train_ds = train_ds.skip(state.step)
             iterator = iter(self._distribute(train_ds))
@@ -300,6 +301,10 @@ class Trainer:
                 hook.on_epoch_end(self, epoch, logs)  # the epoch's save point
             if stop:
                 self._interrupt(f"after epoch {epoch + 1} ({state.step} steps in all)")
+        # A signal after the last step's vote (during the last validation): the epoch's save
+        # point holds the finished training; the re-run evaluates and exports.
+        if start < epochs and self._mean_over_workers(float(self.stop_signal is not None))[0] > 0:
+            self._interrupt(f"after the last epoch ({state.step} steps in all)")
         final = state.history[-1] if state.history else {}
         for hook in self.hooks:
             hook.on_train_end(self, final)
@@ -319,6 +324,33 @@ class Trainer:
         self._remember_good()
         for hook in self.hooks:
             hook.on_save_point(self)
+
+    def _check_workers_agree(self) -> None:
+        """Under multi-worker every worker must start from the same step (the chief writes
+        the save points, every worker restores them): a worker that resumed elsewhere would
+        train other weights in lockstep, silently. One all-reduce of step and step squared:
+        they match their means on every worker only when all steps are equal."""
+        step = float(self.state.step)
+        mean, mean_square = self._mean_over_workers(step, step * step)
+        if mean != step or mean_square != step * step:
+            raise RuntimeError(
+                f"the workers start from different steps (this one from step {step:.0f}, their "
+                f"mean is {mean:g}): give every worker the same hydra.run.dir on a shared "
+                "folder, so that all restore the chief's checkpoints/")
+
+    def _mean_over_workers(self, *values: float) -> list[float]:
+        """Each value's mean over the workers (one all-reduce); the values themselves on
+        one worker."""
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return list(values)
+
+        @tf.function(autograph=False)
+        def means():
+            local = self.strategy.run(
+                lambda: [tf.identity(tf.constant(v, tf.float64)) for v in values])
+            return [self.strategy.reduce("MEAN", v, axis=None) for v in local]
+
+        return [float(v) for v in means()]
 
     # ------------------------------------------------------------------ signals
     def request_stop(self, signal_name: str = "SIGTERM") -> None:

@@ -132,7 +132,8 @@ class _Interrupts(Hook):
 @pytest.mark.parametrize("signum,call,stopped_at,partial", [
     (signal.SIGTERM, 6, 7, 3),  # epoch 2: a mid-epoch save point after its step 3
     (signal.SIGINT, 3, 4, None),  # the step that ends epoch 1: its epoch-end save point
-], ids=["sigterm-mid-epoch", "sigint-at-epoch-end"])
+    (signal.SIGTERM, 12, 12, None),  # after the last vote: training is done, the save is too
+], ids=["sigterm-mid-epoch", "sigint-at-epoch-end", "sigterm-in-the-last-step"])
 def test_a_signal_stops_after_the_next_step_with_a_save_point_that_resumes_exactly(
         signum, call, stopped_at, partial, tmp_path, signal_handlers):
     expected = _trainer()
