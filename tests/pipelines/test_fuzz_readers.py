@@ -85,7 +85,8 @@ def _mutate_bytes(data, raw: bytes) -> tuple[str, bytes]:
     if kind == "cr":
         return kind, raw.replace(b"\n", b"\r")
     if kind == "huge_line":
-        return kind, raw[:at] + data.draw(st.sampled_from([b"x", b"word ", b"\t", b"#"])) * 300_000 + raw[at:]
+        unit = data.draw(st.sampled_from([b"x", b"word ", b"\t", b"#"]), label="huge line of")
+        return kind, raw[:at] + unit * 300_000 + raw[at:]
     if kind == "nul":
         return kind, raw[:at] + b"\x00" * data.draw(st.integers(1, 4)) + raw[at:]
     if kind == "empty":
@@ -207,7 +208,8 @@ def _text_case(kind: str, folder: pathlib.Path, scheme: str = "iob2"):
         path.write_text({"txt": SENTIMENT_TXT, "csv": SENTIMENT_CSV, "tsv": SENTIMENT_TSV}[kind],
                         encoding="utf-8")
         column = "sentence" if kind == "tsv" else "text"
-        return lambda: read_text_classification(path, text_column=column), [path], _sane_classification
+        return (lambda: read_text_classification(path, text_column=column), [path],
+                _sane_classification)
     if kind == "parallel_tsv":
         path = folder / "train.tsv"
         path.write_text("".join(f"{s}\t{t}\n" for s, t in PARALLEL), encoding="utf-8")
@@ -269,7 +271,8 @@ def test_bom_and_crlf_read_like_the_plain_file(tmp_path, kind, mutation):
     expected = read()
     for path in paths:
         raw = path.read_bytes()
-        path.write_bytes(codecs.BOM_UTF8 + raw if mutation == "bom" else raw.replace(b"\n", b"\r\n"))
+        path.write_bytes(codecs.BOM_UTF8 + raw if mutation == "bom"
+                         else raw.replace(b"\n", b"\r\n"))
     first, second = read()
     if kind == "csv":  # a quoted field keeps its line ends
         first = [text.replace("\r\n", "\n") for text in first]
@@ -386,7 +389,8 @@ def _mutate_image(data, path: pathlib.Path, rng) -> list[str]:
     elif kind == "empty":
         path.write_bytes(b"")
     else:  # valid bytes of another format under this name
-        path.write_bytes(_image_bytes(rng, data.draw(st.sampled_from(["PNG", "GIF", "BMP", "TIFF"]))))
+        fmt = data.draw(st.sampled_from(["PNG", "GIF", "BMP", "TIFF"]), label="format")
+        path.write_bytes(_image_bytes(rng, fmt))
     return [kind]
 
 
@@ -451,8 +455,9 @@ def _bad_mask(data, kind: str, mask: np.ndarray) -> bytes:
         return _encoded(mask, "PNG", "P")
     if kind == "1bit":
         return _encoded(mask, "PNG", "1")
-    values = mask.astype(np.int32) * (1 if kind == "16bit" else 300)
-    return _encoded(values.astype(np.uint16) if kind == "16bit" else values, "PNG" if kind == "16bit" else "TIFF")
+    if kind == "16bit":
+        return _encoded(mask.astype(np.uint16), "PNG")
+    return _encoded(mask.astype(np.int32) * 300, "TIFF")  # out_of_range: 0 and 300
 
 
 def _fuzz_segmentation(data):
@@ -474,7 +479,8 @@ def _fuzz_segmentation(data):
                            label="file")
         if target.parent.name != "images" and data.draw(st.booleans(), label="bad mask"):
             kind = data.draw(st.sampled_from(MASK_MUTATIONS), label="mask mutation")
-            target.write_bytes(_bad_mask(data, kind, rng.choice(np.array([0, 1], np.uint8), (6, 5))))
+            labels = rng.choice(np.array([0, 1], np.uint8), (6, 5))
+            target.write_bytes(_bad_mask(data, kind, labels))
         else:
             _mutate_image(data, target, rng)
 
