@@ -57,6 +57,19 @@ class Backend(str, enum.Enum):
     none = "none"
 
 
+class DecodeStrategy(str, enum.Enum):
+    greedy = "greedy"
+    beam = "beam"  # decode.beam_size hypotheses, decode.length_penalty
+    random = "random"  # sampling from the whole distribution (with decode.temperature)
+    top_k = "top_k"  # sampling from the decode.top_k most probable tokens
+    top_p = "top_p"  # nucleus sampling: the smallest set with probability >= decode.top_p
+
+
+class Documents(str, enum.Enum):
+    blank_lines = "blank_lines"  # the lines up to a blank line are one document
+    lines = "lines"  # every line is a document
+
+
 class Source(str, enum.Enum):
     synthetic = "synthetic"
     files = "files"
@@ -75,6 +88,8 @@ class TaskConfig:
     # Per model option, keys of its group that this task does not use: setting one is refused.
     unused_model_keys: dict[str, list[str]] = field(default_factory=dict)
     monitor: str = "val_loss"
+    # The decode.strategy values the task reads; None: decode.strategy must stay null.
+    decode_strategies: Optional[list[str]] = None
 
 
 @dataclass
@@ -101,6 +116,17 @@ class NerTask(TaskConfig):
     lowercase: bool = False
     # batches of similar length, each padded to its bucket (pipelines.data.bucketing)
     length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
+
+
+@dataclass
+class LanguageModelingTask(TaskConfig):
+    sequence_length: int = 64  # the context: tokens per training window and for generation
+    vocabulary_size: int = 4000  # WordPiece vocabulary, learned on the training text
+    lowercase: bool = False
+    documents: Documents = Documents.blank_lines  # what one [START] ... [END] document is
+    num_samples: int = 20  # generations from evaluation lines written to samples.json
+    prompt_words: int = 4  # the first words of an evaluation line as a sample's prompt
+    monitor: str = "val_token_loss"
 
 
 class SegmentationLoss(str, enum.Enum):
@@ -222,6 +248,12 @@ class DecodeConfig:
     beam_size: int = 4
     length_penalty: float = 0.6
     max_length: Optional[int] = None  # None: the task's target length
+    # language_modeling: the search (None: top_k there); translation/captioning keep it None
+    strategy: Optional[DecodeStrategy] = None
+    top_k: int = 40
+    top_p: float = 0.9
+    temperature: float = 1.0  # 0: greedy
+    seed: int = 0  # sampling draws are stateless, seeded (seed, step)
 
 
 @dataclass
@@ -329,7 +361,8 @@ class ExportConfig:
 SCHEMAS: dict[str, dict[str, Any]] = {
     "task": {"sentiment": SentimentTask, "translation": TranslationTask,
              "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask,
-             "image_classification": ImageClassificationTask},
+             "image_classification": ImageClassificationTask,
+             "language_modeling": LanguageModelingTask},
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
               "cnn": CnnModel, "vit": VitModel},
     "decode": {"decode": DecodeConfig},
@@ -398,9 +431,31 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size must be >= 1; received {cfg.trainer.batch_size}")
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs must be >= 1; received {cfg.trainer.epochs}")
+    _check_decode(cfg)
     cpu_devices = cfg.distribute.cpu_devices
     if cpu_devices is not None and cpu_devices < 1:
         raise ConfigError(f"distribute.cpu_devices must be >= 1; received {cpu_devices}")
+
+
+def _check_decode(cfg: DictConfig) -> None:
+    """decode.strategy only where the task reads it; sampling settings that can draw."""
+    decode = cfg.get("decode")
+    if decode is None:
+        return
+    strategy = decode.get("strategy")
+    allowed = cfg.task.get("decode_strategies")
+    if strategy is not None and option_value(strategy) not in (allowed or []):
+        raise ConfigError(
+            f"decode.strategy={option_value(strategy)} has no effect with task={cfg.task.name}"
+            + (f"; it reads {', '.join(allowed)}" if allowed else
+               " (keep it null: it searches by decode.beam_size, greedy when 1, else beam)"))
+    if decode.top_k < 1:
+        raise ConfigError(f"decode.top_k must be >= 1; received {decode.top_k}")
+    if not 0.0 < decode.top_p <= 1.0:
+        raise ConfigError(f"decode.top_p must be in (0, 1]; received {decode.top_p}")
+    if decode.temperature < 0:
+        raise ConfigError(f"decode.temperature must be >= 0 (0: greedy); received "
+                          f"{decode.temperature}")
 
 
 def schema_fields(node: type) -> list[str]:

@@ -1,4 +1,4 @@
-"""Greedy and beam search over a step function with a cache.
+"""Greedy, beam and sampling search over a step function with a cache.
 
 A model decodes through a *step function*:
 
@@ -31,17 +31,39 @@ length penalty `lp(length) = ((5 + length) / 6) ** length_penalty`, where
 of every beam and then the top K of those K * K candidates, which is the top K
 of all K * V candidates, for less work.
 
+Sampling (`sample_search`) draws every token from the model's distribution,
+scaled by a `temperature` (`softmax(log p / temperature)`; 0 means greedy) and
+restricted by the strategy: `random` (the whole vocabulary), `top_k` (the `k`
+most probable tokens; Fan et al., 2018) or `top_p` (nucleus: the smallest set
+of most probable tokens whose mass reaches `p`; Holtzman et al., 2020). Draws
+are stateless, seeded by `(seed, index)`: the same inputs and seed give the
+same tokens, eagerly, in a `tf.function` and in an exported SavedModel.
+
+Every search takes optional `forced_ids` `(B, max_length)`: where an entry is
+`>= 0` the output token at that position is that id whatever the model says
+(a language model's prompt, and an `end_id` that caps its continuation), -1
+leaves the choice to the search. The forced tokens still run through `step_fn`,
+so they fill the cache as a prompt should.
+
 References:
+    Fan et al., 2018, "Hierarchical Neural Story Generation",
+    https://arxiv.org/abs/1805.04833 (top-k sampling).
+    Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration",
+    https://arxiv.org/abs/1904.09751 (nucleus sampling).
     Wu et al., 2016, "Google's Neural Machine Translation System",
     https://arxiv.org/abs/1609.08144 (length penalty).
     keras-hub `BeamSampler`/`GreedySampler`; TF Model Garden
     `official/nlp/modeling/ops/beam_search.py`.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
 StepFn = Callable[[tf.Tensor, Any, tf.Tensor], tuple[tf.Tensor, Any]]
+
+# `decode.strategy`: the two searches and the three samplers (keras-hub's sampler names).
+STRATEGIES = ("greedy", "beam", "random", "top_k", "top_p")
+SAMPLERS = ("random", "top_k", "top_p")
 
 # The score of impossible candidates: finite, so that sums and divisions stay NaN-free.
 _NEG_INF = -1e9
@@ -54,6 +76,7 @@ def greedy_search(
     max_length: int,
     end_id: int,
     pad_id: int = 0,
+    forced_ids: Optional[tf.Tensor] = None,
 ) -> tf.Tensor:
     """Decodes by taking the most probable token at every step.
 
@@ -66,6 +89,8 @@ def greedy_search(
             position is `pad_id`.
         pad_id: int, filler after `end_id`; also fed to `step_fn` for finished
             rows. Defaults to `0`.
+        forced_ids: optional int `(B, max_length)`, tokens forced at the
+            positions where they are `>= 0` (see the module docstring).
 
     Returns:
         int32 `(B, max_length)`, the output tokens without the start token.
@@ -75,6 +100,96 @@ def greedy_search(
     tokens = greedy_search(step_fn, {"cache": cache}, start_ids, max_length=32, end_id=2)
     ```
     """
+
+    def choose(log_probs, index):
+        # top_k rather than argmax: the same op and tie-breaking as beam_search.
+        return tf.math.top_k(log_probs, k=1)[1][:, 0]  # (B,)
+
+    return _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids)
+
+
+def sample_search(
+    step_fn: StepFn,
+    state: Any,
+    start_ids: tf.Tensor,
+    max_length: int,
+    end_id: int,
+    strategy: str = "top_k",
+    top_k: int = 40,
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    seed: int = 0,
+    pad_id: int = 0,
+    forced_ids: Optional[tf.Tensor] = None,
+) -> tf.Tensor:
+    """Decodes by drawing every token from the model's (filtered) distribution.
+
+    Args:
+        step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids: as in
+            `greedy_search`.
+        strategy: `"random"` (every token), `"top_k"` (the `top_k` most probable)
+            or `"top_p"` (the smallest set of most probable tokens whose
+            probability reaches `top_p`, after the temperature). Defaults to
+            `"top_k"`.
+        top_k: Python int >= 1, used by `"top_k"`; more than the vocabulary means
+            all of it. Defaults to `40`.
+        top_p: float in `(0, 1]`, used by `"top_p"`. Defaults to `0.9`.
+        temperature: float >= 0; the log-probabilities are divided by it before
+            filtering and drawing. `0` is greedy search. Defaults to `1.0`.
+        seed: Python int; draw `index` uses the stateless seed `(seed, index)`.
+            Defaults to `0`.
+
+    Returns:
+        int32 `(B, max_length)`, the output tokens without the start token.
+
+    Example:
+    ```python
+    tokens = sample_search(step_fn, state, start_ids, 32, end_id=3, strategy="top_p", top_p=0.9)
+    ```
+    """
+    check_sampling(strategy, top_k, top_p, temperature)
+    if temperature == 0:
+        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids)
+
+    def choose(log_probs, index):
+        scaled = log_probs / temperature  # (B, V); softmax(scaled) = p^(1/T), renormalised
+        seeds = tf.stack([tf.constant(seed, tf.int32), tf.cast(index, tf.int32)])
+        if strategy == "random":
+            return tf.cast(tf.random.stateless_categorical(scaled, 1, seeds)[:, 0], tf.int32)
+        vocab_size = scaled.shape[-1] or tf.shape(scaled)[-1]
+        k = vocab_size if strategy == "top_p" else top_k
+        if isinstance(k, int) and isinstance(vocab_size, int):
+            k = min(k, vocab_size)
+        else:
+            k = tf.minimum(k, vocab_size)
+        values, ids = tf.math.top_k(scaled, k=k)  # (B, k), most probable first
+        if strategy == "top_p":
+            # Token i stays while the mass of the tokens before it is < p: the smallest
+            # prefix whose mass reaches p (the most probable token always stays).
+            before = tf.math.cumsum(tf.nn.softmax(values), axis=-1, exclusive=True)
+            values = tf.where(before < top_p, values, _NEG_INF)
+        draw = tf.random.stateless_categorical(values, 1, seeds)  # (B, 1) into the k
+        return tf.gather(ids, tf.cast(draw, tf.int32), batch_dims=1)[:, 0]  # (B,)
+
+    return _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids)
+
+
+def check_sampling(strategy, top_k, top_p, temperature) -> None:
+    """Raises ValueError, naming the setting, for a sampler that cannot draw."""
+    if strategy not in SAMPLERS:
+        raise ValueError(f"strategy must be one of {SAMPLERS} for sampling; "
+                         f"received strategy={strategy!r}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1; received top_k={top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1]; received top_p={top_p!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0; received temperature={temperature!r}")
+
+
+def _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids):
+    """The loop of greedy search and sampling: `choose(log_probs (B, V), index)` -> (B,)
+    picks every row's next token; forced tokens override it."""
     _check_max_length(max_length)
     start_ids = tf.cast(start_ids, tf.int32)  # (B,)
     batch_size = tf.shape(start_ids)[0]
@@ -83,9 +198,11 @@ def greedy_search(
     def body(index, token_ids, state, tokens, finished):
         logits, state = step_fn(token_ids, state, index)
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # (B, V)
-        # top_k rather than argmax: the same op and tie-breaking as beam_search.
-        _, next_ids = tf.math.top_k(log_probs, k=1)  # (B, 1)
-        next_ids = tf.where(finished, pad_id, next_ids[:, 0])  # (B,)
+        next_ids = tf.cast(choose(log_probs, index), tf.int32)  # (B,)
+        if forced_ids is not None:
+            forced = tf.gather(forced_ids, index, axis=1)  # (B,)
+            next_ids = tf.where(forced >= 0, forced, next_ids)
+        next_ids = tf.where(finished, pad_id, next_ids)  # (B,)
         tokens = tf.where(positions[None] == index, next_ids[:, None], tokens)  # (B, L)
         finished = finished | (next_ids == end_id)
         return index + 1, next_ids, state, tokens, finished
@@ -93,12 +210,24 @@ def greedy_search(
     def cond(index, token_ids, state, tokens, finished):
         return ~tf.reduce_all(finished)
 
+    if forced_ids is not None:
+        forced_ids = _check_forced(forced_ids, max_length)
     tokens = tf.fill([batch_size, max_length], tf.constant(pad_id, tf.int32))  # (B, L)
     finished = tf.zeros([batch_size], tf.bool)  # (B,)
     _, _, _, tokens, _ = _while_loop(
         cond, body, (tf.constant(0), start_ids, state, tokens, finished), max_length
     )
     return tokens
+
+
+def _check_forced(forced_ids, max_length):
+    forced_ids = tf.cast(forced_ids, tf.int32)
+    if forced_ids.shape.rank != 2 or forced_ids.shape[1] not in (None, max_length):
+        raise ValueError(
+            f"forced_ids must have shape (B, max_length={max_length}); received shape "
+            f"{forced_ids.shape}"
+        )
+    return forced_ids
 
 
 def beam_search(
@@ -110,6 +239,7 @@ def beam_search(
     beam_size: int = 4,
     length_penalty: float = 0.6,
     pad_id: int = 0,
+    forced_ids: Optional[tf.Tensor] = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decodes with beam search and returns the best hypothesis of every row.
 
@@ -128,6 +258,9 @@ def beam_search(
             `((5 + length) / 6) ** alpha`; 0 ranks by raw log-probability,
             larger values favour longer outputs. Defaults to `0.6`.
         pad_id: int, filler after `end_id`. Defaults to `0`.
+        forced_ids: optional int `(B, max_length)`, tokens forced at the
+            positions where they are `>= 0`, in every beam (see the module
+            docstring); they count in the score and the length.
 
     Returns:
         `(tokens, scores)`: int32 `(B, max_length)`, the best hypothesis without
@@ -141,7 +274,8 @@ def beam_search(
     ```
     """
     sequences, scores = _beam_search(
-        step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id
+        step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id,
+        forced_ids,
     )
     return sequences[:, 0], scores[:, 0]
 
@@ -155,22 +289,39 @@ def decode(
     beam_size: int = 1,
     length_penalty: float = 0.6,
     pad_id: int = 0,
+    strategy: Optional[str] = None,
+    top_k: int = 40,
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    seed: int = 0,
+    forced_ids: Optional[tf.Tensor] = None,
 ) -> tf.Tensor:
-    """Greedy search when `beam_size == 1`, else the tokens of `beam_search`.
+    """The search `strategy` names (`STRATEGIES`): `"greedy"`, `"beam"` (greedy when
+    `beam_size == 1`) or one of the samplers of `sample_search`. `None` (the default) is
+    greedy search when `beam_size == 1`, else beam search.
 
-    Args and returns as in `beam_search`, without the scores: int32
+    Args and returns as in `beam_search` and `sample_search`, without the scores: int32
     `(B, max_length)`.
     """
-    if beam_size == 1:
-        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id)
+    if strategy is None:
+        strategy = "greedy" if beam_size == 1 else "beam"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; received strategy={strategy!r}")
+    if strategy in SAMPLERS:
+        return sample_search(step_fn, state, start_ids, max_length, end_id, strategy, top_k,
+                             top_p, temperature, seed, pad_id, forced_ids)
+    if strategy == "greedy" or beam_size == 1:
+        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids)
     tokens, _ = beam_search(
-        step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id
+        step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id,
+        forced_ids,
     )
     return tokens
 
 
 def _beam_search(
-    step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id
+    step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id,
+    forced_ids=None,
 ):
     """Beam search returning every beam: `(sequences (B, K, L), scores (B, K))`,
     beams sorted by their length-normalised score, best first."""
@@ -182,6 +333,8 @@ def _beam_search(
             f"length_penalty must be >= 0; received length_penalty={length_penalty!r}"
         )
     k = beam_size
+    if forced_ids is not None:
+        forced_ids = _check_forced(forced_ids, max_length)
     start_ids = tf.cast(start_ids, tf.int32)  # (B,)
     batch_size = tf.shape(start_ids)[0]
     positions = tf.range(max_length)  # (L,)
@@ -195,6 +348,10 @@ def _beam_search(
         vocab_size = static_vocab_size or tf.shape(logits)[-1]
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # (B*K, V)
         log_probs = tf.reshape(log_probs, [batch_size, k, vocab_size])  # (B, K, V)
+        if forced_ids is not None:  # a forced token is every beam's only continuation
+            forced = tf.gather(forced_ids, index, axis=1)  # (B,)
+            only = tf.where(tf.range(vocab_size)[None] == forced[:, None], 0.0, _NEG_INF)
+            log_probs = tf.where((forced >= 0)[:, None, None], only[:, None], log_probs)
         # A finished beam has one continuation, pad_id, at no cost.
         pad_only = tf.where(tf.range(vocab_size) == pad_id, 0.0, _NEG_INF)  # (V,)
         log_probs = tf.where(finished[:, :, None], pad_only, log_probs)  # (B, K, V)

@@ -1,14 +1,16 @@
 """`model=lstm` / `model=gru`: recurrent backbones assembled from `layers/`.
 
 The factory is what the model group's `_target_` instantiates. It plays the roles
-`sequence_encoder` (`text_encoder`, `text_memory`) and `sequence_decoder` (`decoder`,
-`image_memory`) of `pipelines.models.roles`, so the backbone knows nothing of tasks.
+`sequence_encoder` (`text_encoder`, `text_memory`), `sequence_decoder` (`decoder`,
+`image_memory`) and `language_model` (`causal_lm`) of `pipelines.models.roles`, so the
+backbone knows nothing of tasks.
 """
 from __future__ import annotations
 
 import keras
 
 import layers
+from pipelines.models.causal_lm import RecurrentLM
 from pipelines.models.seq2seq import GridEncoder, RecurrentDecoder, RecurrentTextEncoder
 
 _CELLS = {"lstm": layers.LSTM, "gru": layers.GRU}
@@ -90,3 +92,11 @@ class Recurrent:
         return RecurrentDecoder(vocabulary_size, cell=self.cell, embedding_dim=self.embedding_dim,
                                 units=self.units, attention=self.attention, dropout=self.dropout,
                                 name="decoder")
+
+    def causal_lm(self, vocabulary_size: int, length: int):
+        """`num_layers` unidirectional LSTM/GRU layers with tied output embeddings
+        (`bidirectional`, `merge_mode` and `attention` do not apply to a causal LM)."""
+        return RecurrentLM(vocabulary_size, length, cell=self.cell,
+                           embedding_dim=self.embedding_dim, units=self.units,
+                           num_layers=self.num_layers, dropout=self.dropout,
+                           name=f"{self.cell}_lm")

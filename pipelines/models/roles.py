@@ -46,6 +46,18 @@ class SequenceDecoder(Protocol):
 
 
 @runtime_checkable
+class LanguageModel(Protocol):
+    """A decoder-only causal language model with a cache (language modeling)."""
+
+    def causal_lm(self, vocabulary_size: int, length: int) -> keras.Model:
+        """A `pipelines.models.causal_lm.CausalLM`: `model(ids (B, T))` -> float32 logits
+        (B, T, V), T <= length, position t predicting token t + 1; `start(batch_size)` ->
+        state, `step(ids (N,), state, index)` -> (logits (N, V), state) equal to the full
+        pass position by position; `generate(prompt_ids, start_id, end_id, max_new_tokens,
+        **search)` -> ids (B, P + max_new_tokens)."""
+
+
+@runtime_checkable
 class ImageEncoder(Protocol):
     """Images in, features out (image classification)."""
 
@@ -65,6 +77,7 @@ class Segmenter(Protocol):
 ROLES: dict[str, type] = {
     "sequence_encoder": SequenceEncoder,
     "sequence_decoder": SequenceDecoder,
+    "language_model": LanguageModel,
     "image_encoder": ImageEncoder,
     "segmenter": Segmenter,
 }

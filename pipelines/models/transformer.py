@@ -1,8 +1,8 @@
 """`model=transformer`: encoders and encoder-decoders assembled from `layers/`.
 
 `Transformer(...)` is what the model group's `_target_` instantiates. It plays the roles
-`sequence_encoder` (`text_encoder`, `text_memory`) and `sequence_decoder` (`decoder`,
-`image_memory`) of `pipelines.models.roles`.
+`sequence_encoder` (`text_encoder`, `text_memory`), `sequence_decoder` (`decoder`,
+`image_memory`) and `language_model` (`causal_lm`) of `pipelines.models.roles`.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 import layers
+from pipelines.models.causal_lm import TransformerLM
 from pipelines.models.seq2seq import GridEncoder, TransformerDecoder, TransformerTextEncoder
 
 
@@ -86,6 +87,13 @@ class Transformer:
         return TransformerDecoder(vocabulary_size, length, num_layers=self.num_decoder_layers,
                                   positional=self.positional, name="decoder",
                                   **self._block_kwargs())
+
+    def causal_lm(self, vocabulary_size: int, length: int):
+        """GPT-style: `num_layers` decoder-only causal blocks (no cross-attention), tied
+        output embedding, a key/value cache (`num_decoder_layers` and `attention` unused)."""
+        return TransformerLM(vocabulary_size, length, num_layers=self.num_layers,
+                             positional=self.positional, name="transformer_lm",
+                             **self._block_kwargs())
 
 
 @keras.saving.register_keras_serializable(package="pipelines")
