@@ -34,6 +34,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.hooks import Hook
+from pipelines.locks import file_lock as _file_lock
+from pipelines.locks import retry_locked, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ MAX_PARAM_LENGTH = 500  # MLflow accepts more, but the UI and `compare` stay rea
 PARAMS_PER_CALL = 100   # MLflow's limit for one log_batch call
 TRUNCATED = "...[truncated]"
 OBJECTIVE_TAG = "objective_metric"
+TRIAL_ENV = "PIPELINES_OPTUNA_TRIAL"  # set by the Optuna sweeper for each job: its trial number
+STUDY_ENV = "PIPELINES_SWEEP_STUDY"   # ... and its study's key: one parent run per study
 
 # A tracking server that dies mid-run must cost seconds, not MLflow's default of 7 retries
 # with exponential backoff (minutes) per call. Users' own settings win.
@@ -157,21 +161,48 @@ class Sweep:
         return cls(pathlib.Path(hydra_cfg.sweep.dir).absolute(), int(hydra_cfg.job.num))
 
 
-@contextlib.contextmanager
-def _file_lock(path: pathlib.Path):
-    """An exclusive lock across the processes of a sweep (a no-op where fcntl is missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def sweep_parent_run(client, experiment_id: str, sweep_dir: pathlib.Path, task: str,
+                     study: str | None = None) -> str:
+    """The sweep's parent run id: created by the first job, found by the others and by re-runs.
+
+    Jobs of one sweep directory decide under a file lock there (`mlflow_parent_run_id` keeps
+    the id). An Optuna study's jobs also find the parent by its `sweep_study` tag, so sweepers
+    in other directories or on other machines that share the study share its parent too."""
+    sweep_dir = pathlib.Path(sweep_dir)
+    id_file = sweep_dir / PARENT_RUN_ID_FILE
+    with _file_lock(sweep_dir / ".mlflow_parent.lock"):
+        if id_file.exists():
+            run_id = id_file.read_text().strip()
+            try:
+                retry_locked(client.get_run, run_id)
+                return run_id
+            except Exception:  # noqa: BLE001 - another store: make a new parent here
+                log.info("MLflow: parent run %s is not in this store; creating one", run_id)
+        if study:
+            found = retry_locked(client.search_runs, [experiment_id], max_results=1,
+                                 filter_string=f"tags.sweep_parent = 'true' and "
+                                               f"tags.sweep_study = '{study}'",
+                                 order_by=["attributes.start_time ASC"])
+            if found:
+                id_file.write_text(found[0].info.run_id)
+                log.info("MLflow: sweep parent run %s (study %s)", found[0].info.run_id, study)
+                return found[0].info.run_id
+        overrides, sweeper = "", ""
+        multirun = sweep_dir / "multirun.yaml"
+        if multirun.exists():
+            hydra_cfg = OmegaConf.load(multirun).hydra
+            overrides = " ".join(hydra_cfg.overrides.task)
+            sweeper = str(hydra_cfg.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
+        tags = {"sweep_parent": "true", "sweep_dir": str(sweep_dir),
+                "sweep_overrides": overrides, "sweeper": sweeper, "task": task}
+        if study:
+            tags["sweep_study"] = study
+        run = retry_locked(client.create_run, experiment_id, run_name=f"sweep-{sweep_dir.name}",
+                           tags=tags)
+        retry_locked(client.set_tag, run.info.run_id, "sweep_id", run.info.run_id)
+        id_file.write_text(run.info.run_id)
+        log.info("MLflow: sweep parent run %s", run.info.run_id)
+        return run.info.run_id
 
 
 def training_curves(history: list[dict], monitor: str, path: pathlib.Path) -> pathlib.Path | None:
@@ -270,10 +301,14 @@ class Tracker:
         name = self.cfg.logger.experiment_name
         try:
             if project_run:
-                experiment_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
-                name = mlflow.set_experiment(experiment_id=experiment_id).name
+                experiment_id = retry_locked(
+                    mlflow.MlflowClient().get_run, project_run).info.experiment_id
+                name = retry_locked(mlflow.set_experiment, experiment_id=experiment_id).name
             else:
-                experiment_id = mlflow.set_experiment(name).experiment_id
+                # Sweep workers start together: the first one creates (migrates) a SQLite
+                # store and the experiment while the others wait.
+                with store_lock(uri):
+                    experiment_id = retry_locked(mlflow.set_experiment, name).experiment_id
         except Exception as error:  # noqa: BLE001
             raise TrackingError(
                 f"MLflow could not open experiment {name!r} at {uri}: {error}. Check "
@@ -283,13 +318,13 @@ class Tracker:
         try:
             if self.resumed:
                 self.run_id = id_file.read_text().strip()
-                mlflow.start_run(run_id=self.run_id)
+                retry_locked(mlflow.start_run, run_id=self.run_id)
                 log.info("MLflow: re-attached run %s", self.run_id)
             else:
                 if self.sweep is not None:
                     self.parent_run_id = self._parent_run(experiment_id)
-                run = mlflow.start_run(run_id=project_run, run_name=self._run_name(),
-                                       parent_run_id=None if project_run else self.parent_run_id)
+                run = retry_locked(mlflow.start_run, run_id=project_run, run_name=self._run_name(),
+                                   parent_run_id=None if project_run else self.parent_run_id)
                 self.run_id = run.info.run_id
                 id_file.write_text(self.run_id)
         except Exception as error:  # noqa: BLE001
@@ -332,14 +367,22 @@ class Tracker:
             "run_dir": str(self.run_dir.absolute()),
             **system_info(),
         }
+        init_from = self.cfg.model.get("init_from")
+        if init_from:  # the pretraining run this one fine-tunes (pipelines.pretrained)
+            from pipelines.pretrained import pretraining_run_id
+
+            tags["pretrained_run_dir"] = str(pathlib.Path(init_from).absolute())
+            tags["pretrained_run_id"] = pretraining_run_id(init_from) or ""
         if self.resumed:
             tags["resumed_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
         if self.sweep is not None:
             tags.update({"sweep_id": self.parent_run_id or "", "sweep_dir": str(self.sweep.dir),
                          "job_num": str(self.sweep.job_num)})
-            trial = os.environ.get("PIPELINES_OPTUNA_TRIAL")
+            trial = os.environ.get(TRIAL_ENV)
             if trial is not None:
                 tags["optuna_trial"] = trial
+            if os.environ.get(STUDY_ENV):
+                tags["sweep_study"] = os.environ[STUDY_ENV]
         return tags
 
     def _log_params(self) -> None:
@@ -353,40 +396,17 @@ class Tracker:
             client.log_batch(self.run_id, params=params[start:start + PARAMS_PER_CALL])
 
     def _parent_run(self, experiment_id: str) -> str:
-        """The sweep's parent run: created by the first job, re-used by the others and re-runs."""
         import mlflow
 
-        client = mlflow.MlflowClient()
-        id_file = self.sweep.dir / PARENT_RUN_ID_FILE
-        with _file_lock(self.sweep.dir / ".mlflow_parent.lock"):
-            if id_file.exists():
-                run_id = id_file.read_text().strip()
-                try:
-                    client.get_run(run_id)
-                    return run_id
-                except Exception:  # noqa: BLE001 - another store: make a new parent here
-                    log.info("MLflow: parent run %s is not in this store; creating one", run_id)
-            overrides, sweeper = "", ""
-            multirun = self.sweep.dir / "multirun.yaml"
-            if multirun.exists():
-                hydra_cfg = OmegaConf.load(multirun).hydra
-                overrides = " ".join(hydra_cfg.overrides.task)
-                sweeper = str(hydra_cfg.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
-            run = client.create_run(experiment_id, run_name=f"sweep-{self.sweep.dir.name}", tags={
-                "sweep_parent": "true", "sweep_dir": str(self.sweep.dir),
-                "sweep_overrides": overrides, "sweeper": sweeper, "task": self.cfg.task.name,
-            })
-            client.set_tag(run.info.run_id, "sweep_id", run.info.run_id)
-            id_file.write_text(run.info.run_id)
-            log.info("MLflow: sweep parent run %s", run.info.run_id)
-            return run.info.run_id
+        return sweep_parent_run(mlflow.MlflowClient(), experiment_id, self.sweep.dir,
+                                self.cfg.task.name, study=os.environ.get(STUDY_ENV))
 
     # ------------------------------------------------------------------ logging
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.enabled or self.run_id is None or self.offline:
             return None
-        try:
-            return fn(*args, **kwargs)
+        try:  # several jobs may write to one SQLite store at once: retried when it is locked
+            return retry_locked(fn, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - tracking must never cost the model
             if _is_connection_error(error):
                 self.offline = True

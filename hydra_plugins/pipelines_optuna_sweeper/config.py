@@ -24,8 +24,15 @@ class PipelinesOptunaSweeperConf:
     # null: sqlite:///<hydra.sweep.dir>/optuna.db, so re-running the same sweep dir resumes it
     storage: Optional[str] = None
     study_name: Optional[str] = None
-    n_jobs: int = 1  # trials launched together (parallel with a parallel launcher)
+    # trials this sweeper launches together: parallel with hydra/launcher=joblib (set
+    # hydra.launcher.n_jobs to the same number) or submitit_slurm. Several sweepers may share
+    # one study (same storage and study_name); together they run n_trials.
+    n_jobs: int = 1
     max_failure_rate: float = 0.0
+    # a sweeper writes a heartbeat into its running trials every heartbeat_interval s; another
+    # host's trial silent for grace_period s is re-run (on this host, a dead pid is enough)
+    heartbeat_interval: float = 30.0
+    grace_period: float = 120.0
     # key: choice(...) | interval(lo, hi) | range(lo, hi[, step]) | tag(log, interval(...))
     params: Optional[Dict[str, str]] = field(default_factory=dict)
 

@@ -15,15 +15,34 @@ This sweeper runs on current Optuna with a persistent storage in the sweep direc
   `n_trials` counts the study's trials in total, so a sweep killed after 2 of 3 trials runs one
   more. A trial that was running when the sweep died is re-run with the same parameters in the
   same job directory, where the job resumes its checkpoint and its MLflow run.
+- Several sweepers may share one study (the same `storage` and `study_name`: processes on one
+  machine, or machines with a database URL and a shared `hydra.sweep.dir`). Each asks the study
+  for its next trials (ask/tell) under a lock (beside a SQLite file, else in the sweep
+  directory) that also hands out the job numbers, so together they run `n_trials` trials, none
+  twice. A trial records its sweeper (`worker`: host:pid:start time) and a `heartbeat` every
+  `heartbeat_interval` s: a RUNNING trial whose sweeper died (on this host: its process is gone;
+  elsewhere: silent for `grace_period` s) is re-run as above; one whose sweeper lives is waited
+  for. Storage calls are retried when SQLite reports "database is locked".
+- `n_jobs` trials are launched together; with `hydra/launcher=joblib` (`hydra.launcher.n_jobs`)
+  or `submitit_slurm` they run in parallel, each job in its own process. Jobs get their trial
+  number and the study's key in the environment (`PIPELINES_OPTUNA_TRIAL`,
+  `PIPELINES_SWEEP_STUDY`): the tracker tags the MLflow run and finds the one parent run of
+  the study.
 
 The objective is what the task function returns (`pipelines.__main__.main` returns the task's
 first metric).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import pathlib
+import re
+import socket
+import threading
+import time
 from typing import Any, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -34,11 +53,80 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from pipelines.locks import retry_locked, sqlite_path, store_lock
+from pipelines.tracking import STUDY_ENV, TRIAL_ENV  # the tracker tags the MLflow run with them
+
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # user attr of a trial that was running when its sweep died
 JOB_NUM = "job_num"          # user attr: the Hydra job number (the job's subdirectory)
-TRIAL_ENV = "PIPELINES_OPTUNA_TRIAL"  # set for each job; the tracker tags the MLflow run
+WORKER = "worker"            # user attr: the sweeper running the trial, host:pid:start time
+HEARTBEAT = "heartbeat"      # user attr: when that sweeper last said it is alive (time.time())
+STARTS = "sweeper_starts"    # study user attr: sweepers started on the study so far
+SEED_STRIDE = 1_000_003      # seed + offset + stride * start: each sweeper draws its own
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), "" where unknown."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _process_id(pid: int) -> str:
+    """`pid:start time`: a reused pid is another process."""
+    return f"{pid}:{_start_time(pid)}"
+
+
+def _process_alive(process: str) -> bool:
+    """Whether the process `_process_id` named on this host still runs."""
+    pid, _, started = process.partition(":")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    except ValueError:
+        return False
+    return not started or _start_time(int(pid)) == started
+
+
+def study_key(storage: str, study_name: str) -> str:
+    """A name for the study (its name and a hash of its storage URL, no password shown) that
+    the jobs' MLflow runs carry (`sweep_study`), so that all its jobs find one parent run."""
+    digest = hashlib.sha1(f"{storage}|{study_name}".encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', study_name)[:60]}.{digest}"
+
+
+class _Heartbeat:
+    """While a batch runs, writes `heartbeat` into its trials every `interval` s, so that
+    sweepers on other hosts can tell a live sweeper's trials from a dead one's."""
+
+    def __init__(self, trials: list, interval: float):
+        self.trials, self.interval = trials, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat")
+
+    def _beat(self) -> None:
+        while True:
+            for trial in self.trials:
+                try:
+                    retry_locked(trial.set_user_attr, HEARTBEAT, time.time())
+                except Exception as error:  # noqa: BLE001 - a missed beat is not fatal
+                    log.warning("Optuna: could not record a heartbeat: %s", error)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def distribution_from_override(override: Override) -> Any:
@@ -121,7 +209,8 @@ class OptunaSweeperImpl(Sweeper):
     def __init__(self, direction: Any = "maximize", n_trials: int = 20, sampler: Any = "tpe",
                  seed: int | None = None, storage: str | None = None,
                  study_name: str | None = None, n_jobs: int = 1,
-                 max_failure_rate: float = 0.0, params: dict | None = None) -> None:
+                 max_failure_rate: float = 0.0, params: dict | None = None,
+                 heartbeat_interval: float = 30.0, grace_period: float = 120.0) -> None:
         directions = list(direction) if isinstance(direction, (list, tuple, ListConfig)) \
             else [direction]
         self.directions = [str(getattr(d, "value", d)).lower() for d in directions]
@@ -136,6 +225,12 @@ class OptunaSweeperImpl(Sweeper):
         self.sampler, self.seed = sampler, seed
         self.storage, self.study_name = storage, study_name
         self.max_failure_rate = float(max_failure_rate)
+        if not 0 < heartbeat_interval < grace_period:
+            raise ValueError(f"hydra.sweeper needs 0 < heartbeat_interval < grace_period; "
+                             f"received heartbeat_interval={heartbeat_interval}, "
+                             f"grace_period={grace_period}")
+        self.heartbeat_interval, self.grace_period = float(heartbeat_interval), float(grace_period)
+        self.worker, self.study_key = "", ""
         self.params = dict(params or {})
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -167,32 +262,70 @@ class OptunaSweeperImpl(Sweeper):
                 space.pop(name, None)
         return space, fixed
 
-    # ------------------------------------------------------------------ sweep
+    # ------------------------------------------------------------------ study
+    def _storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+
+    def _lock(self):
+        """Held while a sweeper reads the study's counts and asks for trials, so that sweepers
+        started together never ask for more than n_trials in all: beside a SQLite file, in
+        the (shared) sweep directory for a database server."""
+        return store_lock(self._storage_url(), fallback=self.sweep_dir / ".optuna.lock")
+
     def _study(self):
         import optuna
 
-        storage = self.storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+        url = self._storage_url()
+        # SQLite makes a writer wait up to `timeout` s for another's lock (the default 5 s is
+        # short when several workers tell results at once); retry_locked covers the rest.
+        engine_kwargs = {"connect_args": {"timeout": 30}} if sqlite_path(url) else {}
         name = self.study_name or "pipelines"
-        study = optuna.create_study(study_name=name, storage=storage, directions=self.directions,
-                                    load_if_exists=True)
-        # A resumed study must not replay the suggestions its seed gave at the start.
-        offset = len(study.get_trials(deepcopy=False))
+        with self._lock():  # creating the tables is not safe to race
+            storage = retry_locked(optuna.storages.RDBStorage, url, engine_kwargs=engine_kwargs)
+            study = retry_locked(optuna.create_study, study_name=name, storage=storage,
+                                 directions=self.directions, load_if_exists=True)
+            # A resumed study must not replay the suggestions its seed gave at the start, nor
+            # may two sweepers started together on one study draw the same ones.
+            offset = len(study.get_trials(deepcopy=False))
+            starts = int(study.user_attrs.get(STARTS, 0))
+            retry_locked(study.set_user_attr, STARTS, starts + 1)
+        offset += SEED_STRIDE * starts
         seed = None if self.seed is None else self.seed + offset
         study.sampler = make_sampler(self.sampler, seed, offset)
-        return study, storage
+        return study, url
 
-    def _recover(self, study) -> None:
-        """Trials left RUNNING by a killed sweep: failed, and re-run in their job directory."""
+    def _stale(self, trial, now: float) -> bool:
+        """A RUNNING trial whose sweeper is gone: dead on this host, or silent on another one
+        for longer than grace_period (trials of older sweepers, without a worker, are stale)."""
+        worker = trial.user_attrs.get(WORKER)
+        if not worker:
+            return True
+        host, _, process = worker.partition(":")
+        if host == socket.gethostname():
+            return not _process_alive(process)
+        beat = trial.user_attrs.get(HEARTBEAT)
+        if beat is None:
+            beat = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        return now - float(beat) > self.grace_period
+
+    def _recover(self, study) -> int:
+        """Trials left RUNNING by a dead sweeper: failed, and re-run in their job directory.
+        Returns how many RUNNING trials live sweepers are still running."""
         from optuna.trial import Trial, TrialState
 
+        now, running = time.time(), 0
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            Trial(study, trial._trial_id).set_user_attr(INTERRUPTED, True)
-            study.tell(trial.number, state=TrialState.FAIL)
+            if not self._stale(trial, now):
+                running += 1
+                continue
+            retry_locked(Trial(study, trial._trial_id).set_user_attr, INTERRUPTED, True)
+            retry_locked(study.tell, trial.number, state=TrialState.FAIL)
             job_num = trial.user_attrs.get(JOB_NUM, trial.number)
-            study.enqueue_trial(trial.params, user_attrs={JOB_NUM: job_num},
-                                skip_if_exists=False)
+            retry_locked(study.enqueue_trial, trial.params, user_attrs={JOB_NUM: job_num},
+                         skip_if_exists=False)
             log.info("Optuna: trial %d was interrupted; re-running it in job %s with %s",
                      trial.number, job_num, trial.params)
+        return running
 
     @staticmethod
     def _finished(study) -> int:
@@ -202,6 +335,34 @@ class OptunaSweeperImpl(Sweeper):
                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))
 
+    def _ask(self, study, space: dict, fixed: dict) -> tuple[list, int]:
+        """Under the study lock: recovers dead sweepers' trials, then asks for this sweeper's
+        next trials (at most n_jobs, and never beyond n_trials with the ones others run).
+        Returns ([(trial, overrides)], trials that other sweepers are running)."""
+        with self._lock():
+            running = self._recover(study)
+            to_go = self.n_trials - self._finished(study) - running
+            if to_go <= 0:
+                return [], running
+            used = [t.user_attrs.get(JOB_NUM, t.number) for t in study.get_trials(deepcopy=False)]
+            next_job = max(used, default=-1) + 1
+            batch = []
+            for _ in range(min(self.n_jobs, to_go)):
+                trial = retry_locked(study.ask)
+                for name, distribution in space.items():
+                    retry_locked(suggest, trial, name, distribution)
+                if JOB_NUM not in trial.user_attrs:
+                    retry_locked(trial.set_user_attr, JOB_NUM, next_job)
+                    next_job += 1
+                retry_locked(trial.set_user_attr, WORKER, self.worker)
+                overrides = [f"{k}={_format(v)}" for k, v in trial.params.items()]
+                overrides += [f"{k}={v}" for k, v in fixed.items()]
+                overrides.append(f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}")
+                overrides.append(f"++hydra.job.env_set.{STUDY_ENV}={self.study_key}")
+                batch.append((trial, tuple(overrides)))
+        return batch, running
+
+    # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> Any:
         from optuna.trial import TrialState
 
@@ -210,45 +371,44 @@ class OptunaSweeperImpl(Sweeper):
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         space, fixed = self.search_space(arguments)
         study, storage = self._study()
-        self._recover(study)
+        self.worker = f"{socket.gethostname()}:{_process_id(os.getpid())}"
+        self.study_key = study_key(storage, study.study_name)
         log.info("Optuna: study %r in %s; %d of %d trials done; searching %s", study.study_name,
                  storage, self._finished(study), self.n_trials,
                  ", ".join(f"{k}: {v}" for k, v in space.items()) or "nothing")
-        used = {t.user_attrs.get(JOB_NUM, t.number) for t in study.get_trials(deepcopy=False)}
-        next_job = max(used, default=-1) + 1
         failures: list[BaseException] = []
-        launched = 0
-        while (to_go := self.n_trials - self._finished(study)) > 0:
-            trials = [study.ask() for _ in range(min(self.n_jobs, to_go))]
-            batch = []
-            for trial in trials:
-                for name, distribution in space.items():
-                    suggest(trial, name, distribution)
-                if JOB_NUM not in trial.user_attrs:
-                    trial.set_user_attr(JOB_NUM, next_job)
-                    next_job += 1
-                overrides = [f"{k}={_format(v)}" for k, v in trial.params.items()]
-                overrides += [f"{k}={v}" for k, v in fixed.items()]
-                overrides.append(f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}")
-                batch.append((trial, tuple(overrides)))
+        launched, waiting = 0, False
+        while True:
+            batch, running = self._ask(study, space, fixed)
+            if not batch:
+                if not running:
+                    break
+                if not waiting:
+                    log.info("Optuna: waiting for %d trial(s) other sweepers are running",
+                             running)
+                waiting = True
+                time.sleep(min(2.0, self.heartbeat_interval))
+                continue
+            waiting = False
             try:
                 self.validate_batch_is_legal([o for _, o in batch])
             except Exception:
                 for trial, _ in batch:  # not interrupted: these trials can never run
-                    study.tell(trial, state=TrialState.FAIL)
+                    retry_locked(study.tell, trial, state=TrialState.FAIL)
                 raise
-            returns = self._launch(batch)
+            with _Heartbeat([trial for trial, _ in batch], self.heartbeat_interval):
+                returns = self._launch(batch)
             launched += len(returns)
             for (trial, _), ret in zip(batch, returns):
                 try:
                     value = ret.return_value  # raises the job's exception if it failed
                     values = self._values(value)
                 except Exception as error:  # noqa: BLE001 - a failed trial, told to the study
-                    study.tell(trial, state=TrialState.FAIL)
+                    retry_locked(study.tell, trial, state=TrialState.FAIL)
                     failures.append(error)
                     log.warning("Optuna: trial %d failed: %s", trial.number, error)
                     continue
-                study.tell(trial, values)
+                retry_locked(study.tell, trial, values)
                 log.info("Optuna: trial %d: %s -> %s", trial.number, dict(trial.params), values)
             if failures and len(failures) / max(launched, 1) > self.max_failure_rate:
                 raise failures[0]
@@ -291,5 +451,6 @@ class OptunaSweeperImpl(Sweeper):
         elif complete:
             results["best_trials"] = [{"params": t.params, "values": t.values}
                                       for t in study.best_trials]
-        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        with self._lock():  # every sweeper of the study writes it when all trials are done
+            OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
         log.info("Optuna: %s", {k: v for k, v in results.items() if k != "name"})

@@ -1,0 +1,232 @@
+"""Sweeps across processes: the joblib and submitit launchers compose; sweepers started at the
+same moment on one Optuna study run n_trials in all, none twice; two processes writing one
+SQLite MLflow store at once lose no run and no metric; a joblib-parallel Optuna sweep of the
+real CLI makes one parent run with a child per trial and resumes without duplicates."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO
+from tests.e2e.test_sweeps import SMOKE, _env, _run, _sweep_runs
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _start_together(commands, cwd, timeout=300, env=None):
+    """Runs the commands at once; each calls `barrier()` (BARRIER below) after its imports and
+    waits there until all have arrived, so that they race from the same instant."""
+    barrier = cwd / "barrier"
+    barrier.mkdir()
+    env = {**(env or _env()), "BARRIER_DIR": str(barrier), "BARRIER_COUNT": str(len(commands))}
+    children = [subprocess.Popen([sys.executable, *command], cwd=cwd, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                for command in commands]
+    outputs = [child.communicate(timeout=timeout)[0] for child in children]
+    return [child.returncode for child in children], outputs
+
+
+BARRIER = """
+def barrier():
+    import os, time
+    directory = os.environ.get("BARRIER_DIR")
+    if directory:
+        open(os.path.join(directory, str(os.getpid())), "w").close()
+        while len(os.listdir(directory)) < int(os.environ["BARRIER_COUNT"]):
+            time.sleep(0.01)
+"""
+
+
+# ----------------------------------------------------------------------------- launchers
+def _hydra_cfg(*overrides):
+    result = _run(["-m", "pipelines", "hparams_search=optuna", "task=sentiment", "model=lstm",
+                   *overrides, "--cfg", "hydra"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tensorflow" not in result.stderr.lower()
+    return OmegaConf.create(result.stdout).hydra
+
+
+def test_joblib_and_submitit_launchers_compose():
+    joblib = _hydra_cfg("hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                        "hydra.sweeper.n_jobs=2")
+    assert joblib.launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher." \
+                                       "JoblibLauncher"
+    assert joblib.launcher.n_jobs == 2 and joblib.sweeper.n_jobs == 2
+    # No SLURM here: the cluster launcher is checked as far as its config, not run.
+    slurm = _hydra_cfg("hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                       "hydra.launcher.timeout_min=90", "hydra.sweeper.n_jobs=8",
+                       "hydra.sweeper.storage=postgresql://optuna@db.cluster/optuna")
+    assert slurm.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher." \
+                                      "SlurmLauncher"
+    assert slurm.launcher.partition == "gpu" and slurm.launcher.timeout_min == 90
+    assert slurm.sweeper.storage == "postgresql://optuna@db.cluster/optuna"
+
+
+# ----------------------------------------------------------------------------- no TF
+APP = BARRIER + '''
+import os
+import time
+
+import hydra
+import optuna  # noqa: F401 - imported before the start line, as is the sweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra_plugins.pipelines_optuna_sweeper import pipelines_optuna_sweeper  # noqa: F401
+from pipelines.sweeper import optuna_sweeper  # noqa: F401
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def main(cfg):
+    time.sleep(float(os.environ.get("TRIAL_SECONDS", "0")))
+    with open(os.path.join(HydraConfig.get().runtime.output_dir, "ran"), "a") as f:
+        f.write(f"{os.getpid()} {cfg.x}\\n")
+    return -(cfg.x - 1.0) ** 2
+
+
+barrier()
+main()
+'''
+CONFIG = '''
+defaults:
+  - override hydra/sweeper: pipelines_optuna
+  - override hydra/launcher: joblib
+  - _self_
+x: 0.0
+hydra:
+  launcher:
+    n_jobs: 2
+  sweeper:
+    n_trials: 8
+    n_jobs: 2
+    seed: 3
+    sampler: random
+    study_name: toy
+    params:
+      x: interval(0, 2)
+'''
+
+
+def test_two_sweepers_started_together_run_n_trials_in_all_none_twice(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "config.yaml").write_text(textwrap.dedent(CONFIG))
+    sweep = tmp_path / "sweep"
+    command = ["app.py", "-m", f"hydra.sweep.dir={sweep}"]
+    codes, outputs = _start_together([command, command], tmp_path,
+                                     env={**_env(), "TRIAL_SECONDS": "1.5"})
+    assert codes == [0, 0], "\n".join(o[-2000:] for o in outputs)
+
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # none lost, none extra
+    jobs = sorted(t.user_attrs["job_num"] for t in study.trials)
+    assert jobs == list(range(8))  # each trial its own job directory
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2  # both sweepers asked the study for trials
+    assert len({t.params["x"] for t in study.trials}) == 8  # and drew different ones
+    pids = set()
+    for trial in study.trials:
+        lines = (sweep / str(trial.user_attrs["job_num"]) / "ran").read_text().splitlines()
+        assert len(lines) == 1  # run once
+        pid, x = lines[0].split()
+        assert float(x) == pytest.approx(trial.params["x"])
+        assert trial.value == pytest.approx(-(float(x) - 1) ** 2)
+        pids.add(pid)
+    assert len(pids) >= 3  # joblib ran the trials in worker processes, two per sweeper
+    assert OmegaConf.load(sweep / "optimization_results.yaml").n_trials == 8
+
+    resumed = _run(command, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "8 of 8 trials done" in resumed.stdout + resumed.stderr
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert len(study.trials) == 8
+    assert all(len((sweep / str(j) / "ran").read_text().splitlines()) == 1 for j in range(8))
+
+
+WRITER = BARRIER + '''
+import os
+import pathlib
+import sys
+import time
+
+import mlflow
+from mlflow.entities import Metric
+
+from pipelines.locks import retry_locked, store_lock
+from pipelines.tracking import sweep_parent_run
+
+uri, sweep_dir, name = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+mlflow.set_tracking_uri(uri)
+barrier()
+with store_lock(uri):  # as Tracker.start: the first process creates the store
+    experiment = retry_locked(mlflow.set_experiment, "concurrent").experiment_id
+client = mlflow.MlflowClient()
+parent = sweep_parent_run(client, experiment, sweep_dir, "toy", study="toy.0123")
+for run_index in range(RUNS):
+    run = retry_locked(client.create_run, experiment, run_name=f"{name}-{run_index}",
+                       tags={"mlflow.parentRunId": parent, "writer": name})
+    for step in range(STEPS):
+        retry_locked(client.log_batch, run.info.run_id, metrics=[
+            Metric(f"m{k}", step + k, int(time.time() * 1000), step) for k in range(3)])
+    retry_locked(client.set_terminated, run.info.run_id)
+'''
+RUNS, STEPS = 5, 5
+
+
+def test_two_processes_write_one_sqlite_mlflow_store_at_once_and_lose_nothing(tmp_path):
+    import mlflow
+
+    (tmp_path / "writer.py").write_text(WRITER.replace("RUNS", str(RUNS))
+                                        .replace("STEPS", str(STEPS)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store: both race to create it
+    codes, outputs = _start_together(
+        [["writer.py", uri, str(tmp_path / "sweep"), name] for name in ("a", "b")], tmp_path)
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs, (parent,), children = _sweep_runs(client, "concurrent")
+    assert len(runs) == 1 + 2 * RUNS and len(children) == 2 * RUNS
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"{w}-{i}" for w in "ab" for i in range(RUNS))
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for k in range(3):
+            history = client.get_metric_history(child.info.run_id, f"m{k}")
+            assert sorted((m.step, m.value) for m in history) == [
+                (s, s + k) for s in range(STEPS)]
+
+
+# ----------------------------------------------------------------------------- the real CLI
+@pytest.mark.slow
+def test_joblib_parallel_optuna_sweep_one_parent_four_children_resumes(tmp_path):
+    sweep = tmp_path / "sweep"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the jobs write one SQLite store at once
+    command = ["-m", "pipelines", "hparams_search=optuna", "model=lstm", *SMOKE,
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+               "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}",
+               f"logger.tracking_uri={uri}", "logger.experiment_name=e2e-joblib"]
+    first = _run(command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    print(first.stdout + first.stderr)
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "4 of 4 trials done" in resumed.stdout + resumed.stderr
+
+    study = optuna.load_study(study_name="sentiment_lstm", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(t.user_attrs["job_num"] for t in study.trials) == [0, 1, 2, 3]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs, (parent,), children = _sweep_runs(client, "e2e-joblib")
+    assert len(runs) == 5 and len(children) == 4
+    assert sorted(c.data.tags["optuna_trial"] for c in children) == ["0", "1", "2", "3"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert parent.data.tags["sweep_study"] == children[0].data.tags["sweep_study"]
+    by_trial = {int(c.data.tags["optuna_trial"]): c for c in children}
+    for trial in study.trials:
+        assert by_trial[trial.number].data.metrics["accuracy"] == pytest.approx(trial.value)
+    assert (first.stdout + first.stderr).count("Joblib.Parallel(n_jobs=2") == 2  # 2 x 2 trials
