@@ -65,6 +65,18 @@ def _plays(role, backbone):
         assert maps.shape == (2, 6, 16)  # a 16 x 16 image -> a 4 x 4 grid
         np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
         assert model.generate(pixels, 2, 3, 4).shape == (2, 4)
+    elif role == "language_model":
+        model = backbone.causal_lm(20, 6)
+        ids = np.array([[2, 7, 8, 9, 5, 0], [2, 5, 0, 0, 0, 0]], "int32")
+        full = model(ids).numpy()
+        assert full.shape == (2, 6, 20) and full.dtype == "float32"
+        state = model.start(2)
+        for index in range(6):  # the cached step equals the full causal pass
+            logits, state = model.step(tf.constant(ids[:, index]), state, index)
+            valid = ids[:, index] != 0
+            np.testing.assert_allclose(logits.numpy()[valid], full[valid, index], atol=1e-4)
+        generated = model.generate(ids[:, :2], 2, 3, 4, strategy="greedy").numpy()
+        assert generated.shape == (2, 6) and (generated[:, :2] == ids[:, :2]).all()
     elif role == "image_encoder":
         features = backbone.image_encoder((16, 16, 3))(np.zeros((2, 16, 16, 3), "float32"))
         assert features.shape[0] == 2 and len(features.shape) == 2
