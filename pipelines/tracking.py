@@ -16,6 +16,9 @@ an MLflow `pyfunc` model (`model`) that predicts on raw input, optionally regist
 In a Hydra multirun (basic launcher or our Optuna sweeper) the first job creates one parent run
 for the whole sweep, under a file lock in the sweep directory; every job is a child of it
 (`mlflow.parentRunId`), so re-running the same sweep directory re-attaches parent and children.
+Jobs of one Optuna study (several sweepers, processes or machines) find its parent by the tag
+`sweep_study`. Several jobs may write one SQLite store at once: a fresh store is created under
+a lock beside the file, and writes that find the database locked are retried with back-off.
 """
 from __future__ import annotations
 
