@@ -24,6 +24,7 @@ PAIRS = [f"{task}/{model}" for task in ("sentiment", "translation", "ner")
          for model in ("lstm", "gru", "transformer")]
 PAIRS += ["image_classification/cnn", "image_classification/vit", "segmentation/unet"]
 PAIRS += [f"captioning/{model}" for model in ("lstm", "gru", "transformer")]
+PAIRS += [f"language_modeling/{model}" for model in ("lstm", "gru", "transformer")]
 
 
 def main():
