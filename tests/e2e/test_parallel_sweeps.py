@@ -18,10 +18,9 @@ from tests.e2e.test_sweeps import SMOKE, _env, _run, _sweep_runs
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _start_together(commands, cwd, timeout=300, env=None):
-    """Runs the commands at once; each calls `barrier()` (BARRIER below) after its imports and
-    waits there until all have arrived, so that they race from the same instant."""
-    barrier = cwd / "barrier"
+def _start_together(commands, cwd, barrier, timeout=600, env=None):
+    """Runs the commands at once; a script that calls `barrier()` (BARRIER below) after its
+    imports waits there until all have arrived, so that they race from the same instant."""
     barrier.mkdir()
     env = {**(env or _env()), "BARRIER_DIR": str(barrier), "BARRIER_COUNT": str(len(commands))}
     children = [subprocess.Popen([sys.executable, *command], cwd=cwd, env=env, text=True,
@@ -115,7 +114,7 @@ def test_two_sweepers_started_together_run_n_trials_in_all_none_twice(tmp_path):
     (tmp_path / "config.yaml").write_text(textwrap.dedent(CONFIG))
     sweep = tmp_path / "sweep"
     command = ["app.py", "-m", f"hydra.sweep.dir={sweep}"]
-    codes, outputs = _start_together([command, command], tmp_path,
+    codes, outputs = _start_together([command, command], tmp_path, tmp_path / "barrier",
                                      env={**_env(), "TRIAL_SECONDS": "1.5"})
     assert codes == [0, 0], "\n".join(o[-2000:] for o in outputs)
 
@@ -182,7 +181,8 @@ def test_two_processes_write_one_sqlite_mlflow_store_at_once_and_lose_nothing(tm
                                         .replace("STEPS", str(STEPS)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store: both race to create it
     codes, outputs = _start_together(
-        [["writer.py", uri, str(tmp_path / "sweep"), name] for name in ("a", "b")], tmp_path)
+        [["writer.py", uri, str(tmp_path / "sweep"), name] for name in ("a", "b")], tmp_path,
+        tmp_path / "barrier")
     assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -230,3 +230,27 @@ def test_joblib_parallel_optuna_sweep_one_parent_four_children_resumes(tmp_path)
     for trial in study.trials:
         assert by_trial[trial.number].data.metrics["accuracy"] == pytest.approx(trial.value)
     assert (first.stdout + first.stderr).count("Joblib.Parallel(n_jobs=2") == 2  # 2 x 2 trials
+
+
+@pytest.mark.slow
+def test_two_cli_sweepers_started_together_share_one_study_and_one_parent(tmp_path):
+    sweep = tmp_path / "sweep"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = ["-m", "pipelines", "hparams_search=optuna", "model=lstm", *SMOKE,
+               "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}",
+               f"logger.tracking_uri={uri}", "logger.experiment_name=e2e-two-sweepers"]
+    codes, outputs = _start_together([command, command], REPO, tmp_path / "barrier")
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    study = optuna.load_study(study_name="sentiment_lstm", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(t.user_attrs["job_num"] for t in study.trials) == [0, 1, 2, 3]
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs, (parent,), children = _sweep_runs(client, "e2e-two-sweepers")
+    assert len(runs) == 5 and len(children) == 4
+    assert sorted(c.data.tags["optuna_trial"] for c in children) == ["0", "1", "2", "3"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
