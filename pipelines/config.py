@@ -107,6 +107,8 @@ class TranslationTask(TaskConfig):
     target_length: int = 32
     vocabulary_size: int = 4000
     lowercase: bool = False
+    # batches cut to the bucket of their longest side (pipelines.data.bucketing); null = off
+    length_buckets: Optional[list[int]] = None
 
 
 @dataclass
@@ -164,6 +166,8 @@ class CaptioningTask(TaskConfig):
     captions: CaptionSampling = CaptionSampling.sample
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128])
     encoder_norm: Optional[str] = "batch"
+    # target batches cut to the bucket of their longest caption; null = off
+    length_buckets: Optional[list[int]] = None
     num_pictures: int = 4  # attention-map figures written to pictures/
 
 
@@ -324,7 +328,9 @@ class TrainerConfig:
     steps_per_epoch: Optional[int] = None
     eval_steps: Optional[int] = None
     precision: Precision = Precision.float32
-    jit_compile: bool = False
+    # auto: XLA where the jit_families benchmark shows it faster for this model family on this
+    # device and the run is long enough to pay for the compile (pipelines.distribute); true/false force it
+    jit_compile: Any = "auto"
     early_stopping_patience: Optional[int] = 3
     deterministic: bool = False
     checkpoint_every_steps: Optional[int] = None  # mid-epoch save points (resume mid-epoch)
@@ -427,6 +433,9 @@ def check(cfg: DictConfig) -> None:
                 f"(keep its default {defaults[key]}). The model.* keys this pair uses: "
                 f"{', '.join(used)}"
             )
+    if cfg.trainer.jit_compile not in (True, False, "auto"):
+        raise ConfigError(f"trainer.jit_compile must be auto, true or false; received "
+                          f"{cfg.trainer.jit_compile!r}")
     if cfg.trainer.batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1; received {cfg.trainer.batch_size}")
     if cfg.trainer.epochs < 1:

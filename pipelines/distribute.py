@@ -65,6 +65,33 @@ def make_strategy(cfg: DictConfig) -> tf.distribute.Strategy:
                      "multi_worker, tpu")
 
 
+# Fewer training steps than this do not pay for an XLA compile (tens of seconds per shape).
+MIN_XLA_STEPS = 200
+
+
+def choose_jit_compile(setting, backbone, total_steps: int) -> tuple[bool, str]:
+    """`trainer.jit_compile`: true/false as given; `auto` XLA-compiles the step when this
+    device runs the backbone's family faster under XLA, as measured by
+    `python -m benchmarks jit_families` (the factory's `xla_on_cpu`; on a GPU no family is
+    measured yet, so graph mode unless forced; a TPU always compiles) and the run trains at
+    least `MIN_XLA_STEPS` steps. Returns (jit, the reason, for the log)."""
+    if setting is True or setting is False:
+        return setting, f"trainer.jit_compile={str(setting).lower()}"
+    devices = {device.device_type for device in tf.config.list_logical_devices()}
+    if "TPU" in devices:
+        return True, "auto: a TPU runs XLA"
+    family = getattr(backbone, "name", type(backbone).__name__)
+    if total_steps < MIN_XLA_STEPS:
+        return False, (f"auto: {total_steps} training steps do not pay for an XLA compile "
+                       f"(fewer than {MIN_XLA_STEPS})")
+    if "GPU" in devices:
+        return False, (f"auto: XLA is not measured for {family} on a GPU (benchmarks "
+                       "jit_families); trainer.jit_compile=true to try it")
+    faster = bool(getattr(backbone, "xla_on_cpu", False))
+    return faster, (f"auto: {family} trains {'faster' if faster else 'slower'} under XLA on "
+                    "this CPU (benchmarks jit_families)")
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Only the chief writes checkpoints, exports and MLflow runs under multi-worker."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipelines.checkpoints import CheckpointHook  # noqa: E402,F401 - re-exported
 from pipelines.config import option_value as _value  # noqa: E402
-from pipelines.distribute import is_chief, make_strategy  # noqa: E402
+from pipelines.distribute import choose_jit_compile, is_chief, make_strategy  # noqa: E402
 from pipelines.optimizers import make_optimizer  # noqa: E402,F401 - re-exported
 from pipelines.tasks import build_task  # noqa: E402
 from pipelines.tracking import MlflowHook, Tracker, objective  # noqa: E402
@@ -84,6 +84,9 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         train_ds = task.dataset(splits.train, training=True, batch_size=batch)
         val_ds = task.dataset(splits.validation, training=False, batch_size=batch)
         steps = tcfg.steps_per_epoch or max(1, task.train_examples(splits) // batch)
+        jit_compile, reason = choose_jit_compile(tcfg.jit_compile, task.backbone,
+                                                 steps * tcfg.epochs)
+        log.info("XLA %s (%s)", "on" if jit_compile else "off", reason)
 
         with strategy.scope():
             model = task.build_model()
@@ -97,7 +100,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         early = EarlyStopping(cfg.task.monitor, tcfg.early_stopping_patience, task.monitor_mode,
                               restore_saved=checkpoints.restore_best)
         trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
-                          jit_compile=tcfg.jit_compile,
+                          jit_compile=jit_compile,
                           hooks=[*task.hooks(model, splits), early, checkpoints, MlflowHook(tracker)],
                           verbose=tcfg.verbose,
                           checkpoint_every_steps=tcfg.checkpoint_every_steps,

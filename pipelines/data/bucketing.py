@@ -49,7 +49,8 @@ def bucket_by_length(dataset: tf.data.Dataset, length_fn: Callable[..., tf.Tenso
         drop_remainder: drop a bucket's last, partial batch (training: static batch size; a
             repeated stream never ends, so only validation has partial batches to keep).
         sequences: per component, whether it has the time axis to cut (ids, tags) or not
-            (a sentence's label).
+            (a sentence's label); an int caps the cut at that length (a translation's source
+            and target have lengths of their own: each is cut to min(bucket, its length)).
 
     Returns:
         Batches (B, L_k, ...) with L_k a bucket length: each example lands in the smallest
@@ -72,8 +73,9 @@ def bucket_by_length(dataset: tf.data.Dataset, length_fn: Callable[..., tf.Tenso
     def cut(bucket):
         def fn(*batch):
             length = lengths[bucket]
-            return tuple(x[:, :length] if is_sequence else x
-                         for x, is_sequence in zip(batch, sequences))
+            return tuple(x if cap is False else
+                         x[:, :length] if cap is True else x[:, :tf.minimum(length, cap)]
+                         for x, cap in zip(batch, sequences))
         return fn
 
     def reduce(bucket, window):

@@ -56,6 +56,8 @@ def build_captioner(backbone, vocabulary_size: int, caption_length: int, image_s
 class Captioning(GenerationTask):
     """An image in, a caption out: CNN grid encoder + attentive decoder, beam search."""
 
+    source_key = "image"
+
     # ------------------------------------------------------------------ data
     def adapt(self, splits: Splits) -> None:
         for split_name, pair in (("train", splits.train), ("validation", splits.validation),
@@ -126,14 +128,9 @@ class Captioning(GenerationTask):
                 return image, captions[tf.random.uniform([], 0, count, tf.int32)]
 
             ds = ds.map(plain(pick), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=training)
-
-        def to_tensors(image, full):
-            x = {"image": tf.cast(image, tf.float32), "target_in": full[:, :-1]}
-            return x, full[:, 1:]
-
-        return ds.map(plain(to_tensors),
-                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(plain(lambda image, full: (tf.cast(image, tf.float32), full[:-1], full[1:])),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return self.bucketed(ds, training, batch_size)
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> keras.Model:

@@ -15,7 +15,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from pipelines.tasks.base import Task
+from pipelines.data.bucketing import bucket_by_length, resolve_buckets
+from pipelines.tasks.base import Task, plain
 from pipelines.trainer import Hook
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
@@ -139,6 +140,7 @@ class GenerationTask(Task):
     (`set_target`) and implement `bleu(model, pair)` for `trainer.eval_bleu_every`."""
 
     loss_length: int | None = None  # see `sequence_loss`
+    source_key = "source"  # the model's input name of the source ("image" for captioning)
 
     def set_target(self, tokenizer, target_length: int) -> None:
         self.tokenizer, self.target_length = tokenizer, int(target_length)
@@ -152,6 +154,28 @@ class GenerationTask(Task):
         edge = tf.ones([ids.nrows(), 1], tf.int32)
         full = tf.concat([edge * self.start_id, ids, edge * self.end_id], axis=1)
         return full.to_tensor(shape=[None, self.target_length + 1])
+
+    def bucketed(self, ds, training: bool, batch_size: int, source_length: int | None = None):
+        """Batches of unbatched `(source, target_in, target_out)` examples: cut to the bucket of
+        their longest side with `task.length_buckets` (static shapes per bucket; every
+        encoder and decoder masks its padding, so nothing depends on the bucket), else padded
+        to the full lengths. `source_length`: the source's own time axis (text), or None (an
+        image). Returns ({source_key, "target_in"}, target_out) batches."""
+        longest = max(self.target_length, source_length or 0)
+        buckets = resolve_buckets(self.task_cfg.get("length_buckets"), longest)
+        if buckets:
+            ds = bucket_by_length(
+                ds, lambda source, target_in, target_out: tf.maximum(
+                    tf.math.count_nonzero(target_out),
+                    tf.math.count_nonzero(source) if source_length else tf.constant(0, tf.int64)),
+                buckets, batch_size, drop_remainder=training,
+                sequences=(source_length or False, self.target_length, self.target_length))
+        else:
+            ds = ds.batch(batch_size, drop_remainder=training)
+        key = self.source_key
+        return ds.map(plain(lambda source, target_in, target_out: (
+            {key: source, "target_in": target_in}, target_out)),
+            num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def detokenize(self, ids):
         """ids (B, T) -> strings (B,), special tokens dropped."""

@@ -34,17 +34,18 @@ class Translation(GenerationTask):
         return self.source_tokenizer.tokenize(texts).to_tensor(shape=[None, self.source_length])
 
     def dataset(self, pair, training, batch_size):
+        """({"source": (B, S), "target_in": (B, T)}, target_out (B, T)); with
+        `task.length_buckets` S and T are cut to the bucket of the batch's longest side."""
         ds = tf.data.Dataset.from_tensor_slices(tuple(pair))
         if training:
             ds = ds.shuffle(len(pair[0]), seed=self.seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=training)
 
-        def to_tensors(source, target):
-            full = self.encode_targets(target)  # (B, T + 1)
-            x = {"source": self.encode_source(source), "target_in": full[:, :-1]}
-            return x, full[:, 1:]
+        def to_tensors(source, target):  # tokenized in chunks, then one example at a time
+            full = self.encode_targets(target)  # (N, T + 1)
+            return self.encode_source(source), full[:, :-1], full[:, 1:]
 
-        return ds.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(256).map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        return self.bucketed(ds, training, batch_size, self.source_length)
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> keras.Model:

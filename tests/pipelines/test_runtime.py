@@ -76,3 +76,33 @@ def test_mixed_precision_trains_and_exports_float32_outputs(task, model, inputs,
     assert out["label"].dtype == tf.string
     assert out["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- jit_compile=auto
+class _Family:
+    def __init__(self, name, xla_on_cpu):
+        self.name, self.xla_on_cpu = name, xla_on_cpu
+
+
+@pytest.mark.parametrize("setting,family,steps,expected,reason", [
+    (True, _Family("lstm", False), 2, True, "trainer.jit_compile=true"),
+    (False, _Family("transformer", True), 10_000, False, "trainer.jit_compile=false"),
+    ("auto", _Family("transformer", True), 10_000, True, "transformer trains faster under XLA"),
+    ("auto", _Family("lstm", False), 10_000, False, "lstm trains slower under XLA"),
+    ("auto", _Family("transformer", True), 10, False, "10 training steps do not pay"),
+])
+def test_jit_compile_auto_follows_the_family_and_the_run_length(setting, family, steps,
+                                                                 expected, reason):
+    from pipelines.distribute import choose_jit_compile
+
+    jit, why = choose_jit_compile(setting, family, steps)
+    assert jit is expected and reason in why
+
+
+def test_jit_compile_takes_only_auto_true_false():
+    from pipelines.config import ConfigError, check
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["trainer.jit_compile=sometimes"])
+    with pytest.raises(ConfigError, match="trainer.jit_compile must be auto, true or false"):
+        check(cfg)
