@@ -2,11 +2,9 @@
 same moment on one Optuna study run n_trials in all, none twice; two processes writing one
 SQLite MLflow store at once lose no run and no metric; a joblib-parallel Optuna sweep of the
 real CLI makes one parent run with a child per trial and resumes without duplicates."""
-import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import optuna
 import pytest
@@ -144,59 +142,14 @@ def test_two_sweepers_started_together_run_n_trials_in_all_none_twice(tmp_path):
     assert all(len((sweep / str(j) / "ran").read_text().splitlines()) == 1 for j in range(8))
 
 
-WRITER = BARRIER + '''
-import os
-import pathlib
-import sys
-import time
-
-import mlflow
-from mlflow.entities import Metric
-
-from pipelines.locks import retry_locked, store_lock
-from pipelines.tracking import sweep_parent_run
-
-uri, sweep_dir, name = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
-mlflow.set_tracking_uri(uri)
-barrier()
-with store_lock(uri):  # as Tracker.start: the first process creates the store
-    experiment = retry_locked(mlflow.set_experiment, "concurrent").experiment_id
-client = mlflow.MlflowClient()
-parent = sweep_parent_run(client, experiment, sweep_dir, "toy", study="toy.0123")
-for run_index in range(RUNS):
-    run = retry_locked(client.create_run, experiment, run_name=f"{name}-{run_index}",
-                       tags={"mlflow.parentRunId": parent, "writer": name})
-    for step in range(STEPS):
-        retry_locked(client.log_batch, run.info.run_id, metrics=[
-            Metric(f"m{k}", step + k, int(time.time() * 1000), step) for k in range(3)])
-    retry_locked(client.set_terminated, run.info.run_id)
-'''
-RUNS, STEPS = 5, 5
-
-
 def test_two_processes_write_one_sqlite_mlflow_store_at_once_and_lose_nothing(tmp_path):
-    import mlflow
+    from benchmarks.concurrent_writers import run_writers
 
-    (tmp_path / "writer.py").write_text(WRITER.replace("RUNS", str(RUNS))
-                                        .replace("STEPS", str(STEPS)))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store: both race to create it
-    codes, outputs = _start_together(
-        [["writer.py", uri, str(tmp_path / "sweep"), name] for name in ("a", "b")], tmp_path,
-        tmp_path / "barrier")
-    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    runs, (parent,), children = _sweep_runs(client, "concurrent")
-    assert len(runs) == 1 + 2 * RUNS and len(children) == 2 * RUNS
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.info.run_name for c in children) == sorted(
-        f"{w}-{i}" for w in "ab" for i in range(RUNS))
-    for child in children:
-        assert child.info.status == "FINISHED"
-        for k in range(3):
-            history = client.get_metric_history(child.info.run_id, f"m{k}")
-            assert sorted((m.step, m.value) for m in history) == [
-                (s, s + k) for s in range(STEPS)]
+    # A fresh store: both race to create it (MLflow's migrations fail when two run at once),
+    # then find the one parent and log 5 runs x 5 steps x 3 metrics each.
+    counts, _ = run_writers(tmp_path, processes=2, runs=5, steps=5)
+    assert counts == {"parent runs": (1, 1), "child runs under it, FINISHED": (10, 10),
+                      "metric values": (150, 150), "runs in the experiment": (11, 11)}
 
 
 # ----------------------------------------------------------------------------- the real CLI
