@@ -131,6 +131,27 @@ class LanguageModelingTask(TaskConfig):
     monitor: str = "val_token_loss"
 
 
+class MlmTokenizer(str, enum.Enum):
+    wordpiece = "wordpiece"  # keras-hub WordPiece subwords (loading the export needs tensorflow_text)
+    word = "word"  # whitespace-separated words: what a word tagger (NER) can fine-tune from
+
+
+@dataclass
+class MaskedLmTask(TaskConfig):
+    max_length: int = 128  # tokens per sequence, [CLS] and [SEP] included
+    vocabulary_size: int = 8000
+    tokenizer: MlmTokenizer = MlmTokenizer.wordpiece
+    lowercase: bool = True
+    mask_rate: float = 0.15  # of the tokens: 80% [MASK], 10% random, 10% kept
+    max_predictions: Optional[int] = None  # masked slots per sequence; None: ceil(rate * length)
+    next_sentence: bool = False  # NSP: [CLS] A [SEP] B [SEP], B the next line or a random one
+    top_k: int = 5  # fill-mask export: tokens per [MASK]
+    # data hygiene: files (comma-separated, read like the corpus) whose lines are dropped from it
+    exclude_texts: Optional[str] = None
+    # batches of similar length, each padded to its bucket (pipelines.data.bucketing)
+    length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
+
+
 class SegmentationLoss(str, enum.Enum):
     cross_entropy = "cross_entropy"
     dice = "dice"
@@ -194,6 +215,7 @@ class ModelConfig:
 
 @dataclass
 class RecurrentModel(ModelConfig):
+    init_from: Optional[str] = None  # a masked_lm run directory to fine-tune from (pipelines.pretrained)
     cell: str = "lstm"
     embedding_dim: int = 128
     units: int = 128
@@ -206,6 +228,7 @@ class RecurrentModel(ModelConfig):
 
 @dataclass
 class TransformerModel(ModelConfig):
+    init_from: Optional[str] = None  # a masked_lm run directory to fine-tune from (pipelines.pretrained)
     hidden_dim: int = 128
     num_heads: int = 4
     intermediate_dim: int = 256
@@ -336,6 +359,7 @@ class TrainerConfig:
     checkpoint_every_steps: Optional[int] = None  # mid-epoch save points (resume mid-epoch)
     max_nan_recoveries: int = 0  # NaN loss: restore the last save point, halve the LR
     eval_bleu_every: int = 0  # translation: validation BLEU every N epochs (0 = off)
+    freeze_epochs: int = 0  # with model.init_from: train only the new layers (the head) this many epochs
     verbose: bool = True
 
 
@@ -367,6 +391,7 @@ class ExportConfig:
 SCHEMAS: dict[str, dict[str, Any]] = {
     "task": {"sentiment": SentimentTask, "translation": TranslationTask,
              "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask,
+             "masked_lm": MaskedLmTask,
              "image_classification": ImageClassificationTask,
              "language_modeling": LanguageModelingTask},
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
@@ -441,6 +466,9 @@ def check(cfg: DictConfig) -> None:
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs must be >= 1; received {cfg.trainer.epochs}")
     _check_decode(cfg)
+    from pipelines.pretrained import check_init_from
+
+    check_init_from(cfg)
     cpu_devices = cfg.distribute.cpu_devices
     if cpu_devices is not None and cpu_devices < 1:
         raise ConfigError(f"distribute.cpu_devices must be >= 1; received {cpu_devices}")

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipelines.checkpoints import CheckpointHook  # noqa: E402,F401 - re-exported
+from pipelines import pretrained  # noqa: E402
 from pipelines.config import option_value as _value  # noqa: E402
 from pipelines.distribute import choose_jit_compile, is_chief, make_strategy  # noqa: E402
 from pipelines.optimizers import make_optimizer  # noqa: E402,F401 - re-exported
@@ -77,6 +78,9 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         log.info("data: %d train, %d validation, %s %s examples", len(splits.train[0]),
                  len(splits.validation[0]), len(splits.evaluation[0]), splits.evaluation_name)
         task.adapt(splits)
+        for name, text in task.run_files().items():  # e.g. masked_lm's vocabulary
+            if chief:
+                (run_dir / name).write_text(text)
         batch = tcfg.batch_size
         if len(splits.train[0]) < batch:
             raise ValueError(f"trainer.batch_size={batch} is larger than the training split "
@@ -90,6 +94,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
 
         with strategy.scope():
             model = task.build_model()
+            warm = pretrained.initialize(cfg, model)  # model.init_from: the layers it copied
             lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")  # NaN recovery halves it
             optimizer = make_optimizer(tcfg, total_steps=steps * tcfg.epochs, lr_scale=lr_scale)
             optimizer.build(model.trainable_variables)
@@ -101,7 +106,8 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
                               restore_saved=checkpoints.restore_best)
         trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
                           jit_compile=jit_compile,
-                          hooks=[*task.hooks(model, splits), early, checkpoints, MlflowHook(tracker)],
+                          hooks=[*task.hooks(model, splits), *pretrained.freeze(cfg, warm), early,
+                                 checkpoints, MlflowHook(tracker)],
                           verbose=tcfg.verbose,
                           checkpoint_every_steps=tcfg.checkpoint_every_steps,
                           max_nan_recoveries=tcfg.max_nan_recoveries, lr_scale=lr_scale)

@@ -162,6 +162,12 @@ class Trainer:
         self._eval_step = self._make_eval_step()
 
     # ------------------------------------------------------------------ steps
+    def rebuild_steps(self) -> None:
+        """Traces the steps anew: after a change of which variables train (`trainable`,
+        e.g. `trainer.freeze_epochs`); a traced step keeps the variable list it saw."""
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
     def _make_train_step(self):
         model, optimizer = self.model, self.optimizer
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)

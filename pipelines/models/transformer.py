@@ -47,8 +47,11 @@ class Transformer:
                     normalize_first=self.normalize_first)
 
     def text_encoder(self, vocabulary_size: int, sequence_length: int,
-                     return_sequences: bool = False) -> keras.Model:
+                     return_sequences: bool = False,
+                     num_segments: int | None = None) -> keras.Model:
         """Token ids (B, T) -> (B, T, D), or the masked mean over valid tokens (B, D).
+
+        With `num_segments` (masked_lm) it takes `[token_ids, segment_ids]`, both (B, T).
 
         Any static T <= `sequence_length` (the size of the position table): length-bucketed
         batches are shorter. Positions 0..T-1 are the same whatever the padding, and padded
@@ -56,8 +59,16 @@ class Transformer:
         """
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         padding_mask = ops.not_equal(token_ids, 0)  # (B, T)
-        x = layers.TokenAndPositionEmbedding(vocabulary_size, sequence_length, self.hidden_dim,
-                                             positional=self.positional, name="embedding")(token_ids)
+        embedding = layers.TokenAndPositionEmbedding(
+            vocabulary_size, sequence_length, self.hidden_dim, positional=self.positional,
+            num_segments=num_segments, name="embedding")
+        inputs = token_ids
+        if num_segments:  # BERT's segment (sentence A/B) embedding: inputs [token_ids, segment_ids]
+            segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
+            inputs = [token_ids, segment_ids]
+            x = embedding(token_ids, segment_ids=segment_ids)
+        else:
+            x = embedding(token_ids)
         x = keras.layers.Dropout(self.dropout)(x)
         for index in range(self.num_layers):
             x = layers.TransformerEncoderBlock(**self._block_kwargs(), attention=self.attention,
@@ -66,7 +77,7 @@ class Transformer:
             x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
         if not return_sequences:
             x = MaskedMeanPooling(name="pooling")(x, padding_mask=padding_mask)  # (B, D)
-        return keras.Model(token_ids, x, name="transformer_encoder")
+        return keras.Model(inputs, x, name="transformer_encoder")
 
     def text_memory(self, vocabulary_size: int, sequence_length: int):
         """Ids (B, S) -> {"memory", "mask"}: embedding and `num_layers` encoder blocks

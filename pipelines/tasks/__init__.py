@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines.data import open_source
 
 # Keys of the model group that describe it rather than configure its factory.
-MODEL_LABELS = ("name", "roles")
+MODEL_LABELS = ("name", "roles", "init_from")
 
 
 def build_backbone(model_cfg: DictConfig):
@@ -22,6 +22,7 @@ def build_backbone(model_cfg: DictConfig):
     labels = {key: kwargs.pop(key, None) for key in MODEL_LABELS}
     backbone = instantiate(kwargs)
     backbone.name = labels["name"]
+    backbone.init_from = labels["init_from"]  # a pretraining run dir (pipelines.pretrained)
     return backbone
 
 

@@ -103,6 +103,11 @@ class Task(abc.ABC):
     def evaluate(self, model: keras.Model, pair: tuple[list, list], batch_size: int) -> dict:
         """The task metric(s) from the reference libraries, as plain floats."""
 
+    def run_files(self) -> dict[str, str]:
+        """{file name: text} the task leaves in the run directory after `adapt` (masked_lm:
+        its vocabulary, which `model.init_from` reads). None by default."""
+        return {}
+
     def hooks(self, model: keras.Model, splits: Splits) -> list:
         """Extra trainer hooks (e.g. per-epoch validation BLEU); they run before the
         others, so what they add to the epoch's logs is logged and can be monitored."""

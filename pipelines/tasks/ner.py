@@ -36,11 +36,16 @@ class Ner(Task):
                                  f"occur in train (train tags: {self.tag_names})")
         self.tag_index = {name: i for i, name in enumerate(self.tag_names)}
         # id 0 = padding (""), id 1 = out of vocabulary.
-        self.lookup = keras.layers.StringLookup(
-            max_tokens=self.task_cfg.vocabulary_size, mask_token="", oov_token="[UNK]",
-            name="word_lookup")
-        words = [self._standardize(w) for sentence in tokens for w in sentence]
-        self.lookup.adapt(tf.data.Dataset.from_tensor_slices(words).batch(4096))
+        if getattr(self.backbone, "init_from", None):  # the pretraining run's word vocabulary
+            from pipelines.pretrained import open_run
+
+            self.lookup = open_run(self.backbone.init_from).word_lookup()
+        else:
+            self.lookup = keras.layers.StringLookup(
+                max_tokens=self.task_cfg.vocabulary_size, mask_token="", oov_token="[UNK]",
+                name="word_lookup")
+            words = [self._standardize(w) for sentence in tokens for w in sentence]
+            self.lookup.adapt(tf.data.Dataset.from_tensor_slices(words).batch(4096))
         self.vocabulary_size = self.lookup.vocabulary_size()
 
     def _standardize(self, word):

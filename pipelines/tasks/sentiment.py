@@ -27,6 +27,12 @@ class Sentiment(Task):
         texts = splits.train[0]
         self.label_names = label_names(splits)
         self.label_index = {name: i for i, name in enumerate(self.label_names)}
+        if getattr(self.backbone, "init_from", None):  # the pretraining run's tokenizer
+            from pipelines.pretrained import open_run
+
+            self.vectorizer = open_run(self.backbone.init_from).text_ids(self.task_cfg.max_length)
+            self.vocabulary_size = self.vectorizer.vocabulary_size()
+            return
         self.vectorizer = keras.layers.TextVectorization(
             max_tokens=self.task_cfg.vocabulary_size,
             standardize="lower_and_strip_punctuation" if self.task_cfg.lowercase

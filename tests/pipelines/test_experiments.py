@@ -19,6 +19,8 @@ MULTI30K = {"train": "translation/multi30k_en_de/train", "test": "translation/mu
 CONLL = {"train": "ner/conll2003/train.txt", "test": "ner/conll2003/valid.txt"}
 SST2 = {"train": "sentiment/sst2/stsa.binary.train", "test": "sentiment/sst2/stsa.binary.dev"}
 MNIST_FOLDERS = {"train": "train", "test": "test"}
+SST2_PHRASES = {"train": "sentiment/sst2/glue_sst2_train_phrases.tsv"}
+CONLL_TRAIN = {"train": "ner/conll2003/train.txt"}
 DRIVE = {"train": "semantic_segmentation/drive/training"}
 COCO = {split: f"image_captioning/coco2017_mini/annotations/captions_{name}2017_mini.json"
         for split, name in (("train", "train"), ("validation", "val"))}
@@ -34,14 +36,24 @@ EXPECTED = {
     "mnist_vit": ("image_classification", "vit", MNIST_FOLDERS),
     "drive_unet": ("segmentation", "unet", DRIVE),
     "coco_mini_captioning": ("captioning", "gru", COCO),
+    "sst2_masked_lm": ("masked_lm", "transformer", SST2_PHRASES),
+    "sst2_pretrained": ("sentiment", "transformer", SST2),
+    "sst2_scratch": ("sentiment", "transformer", SST2),
+    "conll2003_masked_lm": ("masked_lm", "transformer", CONLL_TRAIN),
+    "conll2003_pretrained": ("ner", "transformer", CONLL),
+    "conll2003_scratch": ("ner", "transformer", CONLL),
 }
+# Fine-tuned from the run of a pretraining experiment (model.init_from=outputs/<that name>).
+PRETRAINED_FROM = {"sst2_pretrained": "sst2_masked_lm", "conll2003_pretrained": "conll2003_masked_lm"}
+WITHOUT_PRETRAINING_RUN = ("model.init_from=null", "trainer.freeze_epochs=0")
 MNIST = {"mnist_cnn", "mnist_vit"}  # image folders converted from IDX: `mnist_dir`, not data_root
 METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"},
            "sentiment": {"accuracy", "macro_f1"},
            "image_classification": {"accuracy", "top5_accuracy"},
            # drive_unet has 2 classes: the vessel class's f1 and auc come on top
            "segmentation": {"mean_iou", "pixel_accuracy", "dice", "f1", "auc"},
-           "captioning": {"bleu4", "bleu1"}}
+           "captioning": {"bleu4", "bleu1"},
+           "masked_lm": {"masked_accuracy", "perplexity"}}
 
 
 def _compose(name, *overrides):
@@ -66,7 +78,11 @@ def test_every_experiment_file_has_an_expectation():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_composes_into_its_task_model_and_files(name):
     task, model, files = EXPECTED[name]
-    cfg = _compose(name)
+    if name in PRETRAINED_FROM:  # the run directory that the pretraining experiment writes
+        assert _compose(name).model.init_from == f"outputs/{PRETRAINED_FROM[name]}"
+        pretraining = OmegaConf.load(EXPERIMENTS_DIR / f"{PRETRAINED_FROM[name]}.yaml")
+        assert pretraining.hydra.run.dir == f"outputs/{PRETRAINED_FROM[name]}"
+    cfg = _compose(name, *(WITHOUT_PRETRAINING_RUN if name in PRETRAINED_FROM else ()))
     check(cfg)
     assert (cfg.task.name, cfg.model.name, cfg.data.source.value) == (task, model, "files")
     base = "data/mnist" if name in MNIST else "../shared/data"
@@ -150,7 +166,15 @@ def test_smoke_runs_on_the_real_data(name, shared_data, tmp_path):
     root = shared_data(".")
     base = (f"mnist_dir={_mnist_folders(tmp_path / 'mnist')}" if name in MNIST
             else f"data_root={root.resolve()}")
-    cfg = _compose(name, "debug=smoke", "logger=none", base)
+    pretraining = []
+    if name in PRETRAINED_FROM:  # the two documented commands: pretraining, then fine-tuning
+        try:
+            execute(_compose(PRETRAINED_FROM[name], "debug=smoke", "logger=none", base),
+                    tmp_path / "pretraining")
+        finally:
+            keras.backend.clear_session()
+        pretraining = [f"model.init_from={tmp_path / 'pretraining'}"]
+    cfg = _compose(name, "debug=smoke", "logger=none", base, *pretraining)
     try:
         result = execute(cfg, tmp_path / "run")
     finally:
