@@ -183,6 +183,7 @@ class LanguageModeling(Task):
     def nll(self, model, pair, batch_size: int) -> tuple[float, int]:
         """(total NLL in nats, scored tokens) over the split's stream."""
         @tf.function(reduce_retracing=True)
+        @plain
         def batch_nll(x, y):
             scored = self._scored(y)
             return tf.reduce_sum(self._token_nll(y, model(x, training=False)) * scored), \
@@ -240,6 +241,7 @@ class LanguageModeling(Task):
         return readable(words)
 
     def serving_fn(self, model):
+        @plain  # no AutoGraph: it re-reads the tokenizer's source, which may have changed
         def complete(prompt):
             tokens = model.generate(self.encode_prompts(prompt), self.start_id, self.end_id,
                                     self.max_new_tokens, **self.search)

@@ -36,6 +36,8 @@ EXPECTED = {
     "mnist_vit": ("image_classification", "vit", MNIST_FOLDERS),
     "drive_unet": ("segmentation", "unet", DRIVE),
     "coco_mini_captioning": ("captioning", "gru", COCO),
+    "lm_multi30k_en": ("language_modeling", "transformer",
+                       {split: f"{path}.en.gz" for split, path in MULTI30K.items()}),
     "sst2_masked_lm": ("masked_lm", "transformer", SST2_PHRASES),
     "sst2_pretrained": ("sentiment", "transformer", SST2),
     "sst2_scratch": ("sentiment", "transformer", SST2),
@@ -53,6 +55,7 @@ METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"}
            # drive_unet has 2 classes: the vessel class's f1 and auc come on top
            "segmentation": {"mean_iou", "pixel_accuracy", "dice", "f1", "auc"},
            "captioning": {"bleu4", "bleu1"},
+           "language_modeling": {"perplexity", "bits_per_token"},
            "masked_lm": {"masked_accuracy", "perplexity"}}
 
 
