@@ -82,7 +82,8 @@ def count(uri: str, names: list[str], runs: int, steps: int) -> dict[str, tuple[
 
 
 def run_writers(directory: pathlib.Path, processes: int, runs: int, steps: int):
-    """Starts the writers together on a fresh store in `directory`; returns (counts, seconds)."""
+    """Starts the writers together on a fresh store in `directory`; returns (counts, seconds,
+    how many calls found the database locked and were retried)."""
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     barrier = directory / "barrier"
     barrier.mkdir(parents=True)
@@ -99,11 +100,16 @@ def run_writers(directory: pathlib.Path, processes: int, runs: int, steps: int):
     for child, output in zip(children, outputs):
         if child.returncode:
             raise RuntimeError(f"a writer failed (exit {child.returncode}):\n{output[-3000:]}")
-    return count(uri, names, runs, steps), seconds
+    retried = sum(output.count("the database is locked") for output in outputs)
+    return count(uri, names, runs, steps), seconds, retried
 
 
 def main():
     if sys.argv[1:2] == ["--worker"]:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("pipelines.locks").setLevel(logging.INFO)  # each retry, counted
         uri, sweep_dir, name, runs, steps = sys.argv[2:7]
         write(uri, pathlib.Path(sweep_dir), name, int(runs), int(steps))
         return
@@ -113,9 +119,11 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help=f"steps of {METRICS} metrics a run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        counts, seconds = run_writers(pathlib.Path(tmp), args.processes, args.runs, args.steps)
+        counts, seconds, retried = run_writers(pathlib.Path(tmp), args.processes, args.runs,
+                                               args.steps)
     print(f"{args.processes} processes x {args.runs} runs x {args.steps} steps x {METRICS} "
-          f"metrics into one fresh SQLite store, started together: {seconds:.1f} s")
+          f"metrics into one fresh SQLite store, started together: {seconds:.1f} s, "
+          f"{retried} calls found the database locked and were retried")
     for what, (written, expected) in counts.items():
         print(f"{what:>32}: {written} of {expected}")
     written, expected = counts["metric values"]

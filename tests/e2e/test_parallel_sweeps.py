@@ -147,7 +147,7 @@ def test_two_processes_write_one_sqlite_mlflow_store_at_once_and_lose_nothing(tm
 
     # A fresh store: both race to create it (MLflow's migrations fail when two run at once),
     # then find the one parent and log 5 runs x 5 steps x 3 metrics each.
-    counts, _ = run_writers(tmp_path, processes=2, runs=5, steps=5)
+    counts, _, _ = run_writers(tmp_path, processes=2, runs=5, steps=5)
     assert counts == {"parent runs": (1, 1), "child runs under it, FINISHED": (10, 10),
                       "metric values": (150, 150), "runs in the experiment": (11, 11)}
 
