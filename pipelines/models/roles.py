@@ -6,7 +6,9 @@ role the task needs, which `pipelines.config.check` decides before TensorFlow is
 `tests/pipelines/test_backbones.py` checks that every backbone plays the roles it claims:
 it satisfies the Protocol below and its networks have the documented shapes.
 
-Every factory also carries `name` (the model group's option) and `dropout` (before a head).
+Every factory also carries `name` (the model group's option), `dropout` (before a head) and
+`xla_on_cpu` (whether `benchmarks/jit_families` measured its training step faster under XLA on
+the CPU: what `trainer.jit_compile=auto` reads).
 """
 from __future__ import annotations
 
