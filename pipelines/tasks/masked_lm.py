@@ -19,6 +19,7 @@ import collections
 import json
 import logging
 import math
+import re
 
 import keras
 import keras_hub
@@ -43,8 +44,9 @@ TOKENIZERS = ("wordpiece", "word")
 
 
 def normalize(text: str) -> str:
-    """A sentence for overlap checks: lower case, whitespace collapsed."""
-    return " ".join(text.lower().split())
+    """A sentence for overlap checks: lower case, letters and digits only, so that
+    tokenizations agree ("you 've" = "you've", "( reuters )" = "(Reuters)")."""
+    return re.sub(r"[\W_]+", "", text.lower())
 
 
 def learn_vocabulary(texts: list[str], size: int, tokenizer: str, lowercase: bool) -> list[str]:
@@ -196,7 +198,7 @@ class MaskedLm(Task):
                                  source_lang=self.data.source_lang,
                                  target_lang=self.data.target_lang, tag_scheme=self.data.tag_scheme)
             excluded |= {normalize(text) for text in as_lines(source.read(reader).train)[0]}
-        return excluded
+        return excluded  # "" too, when they hold a punctuation-only line: such lines go
 
     @staticmethod
     def _without(pair, excluded: set[str], name: str):

@@ -171,9 +171,12 @@ def test_smoke_runs_on_the_real_data(name, shared_data, tmp_path):
             else f"data_root={root.resolve()}")
     pretraining = []
     if name in PRETRAINED_FROM:  # the two documented commands: pretraining, then fine-tuning
+        pretraining_cfg = _compose(PRETRAINED_FROM[name], "debug=smoke", "logger=none", base)
+        (tmp_path / "pretraining" / ".hydra").mkdir(parents=True)
+        OmegaConf.save(pretraining_cfg, tmp_path / "pretraining" / ".hydra" / "config.yaml",
+                       resolve=True)  # as the CLI writes it
         try:
-            execute(_compose(PRETRAINED_FROM[name], "debug=smoke", "logger=none", base),
-                    tmp_path / "pretraining")
+            execute(pretraining_cfg, tmp_path / "pretraining")
         finally:
             keras.backend.clear_session()
         pretraining = [f"model.init_from={tmp_path / 'pretraining'}"]
