@@ -25,6 +25,7 @@ PAIRS = [f"{task}/{model}" for task in ("sentiment", "translation", "ner")
 PAIRS += ["image_classification/cnn", "image_classification/vit", "segmentation/unet"]
 PAIRS += [f"captioning/{model}" for model in ("lstm", "gru", "transformer")]
 PAIRS += [f"language_modeling/{model}" for model in ("lstm", "gru", "transformer")]
+PAIRS += ["masked_lm/transformer"]
 
 
 def main():
