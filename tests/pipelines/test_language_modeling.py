@@ -220,9 +220,11 @@ def test_perplexity_is_exp_of_the_mean_nll_over_scored_tokens():
 
 
 def test_readable_text_joins_pieces_and_punctuation():
-    texts = ["a man ' s t - shirt is blue .", "( a dog ) , then a cat !", "don ' t go"]
+    texts = ["a man ' s t - shirt is blue .", "( a dog ) , then a cat !", "don ' t go",
+             'a " vaio " notebook says " come on . "']
     assert [t.decode() for t in readable(tf.constant(texts)).numpy()] == [
-        "a man's t-shirt is blue.", "(a dog), then a cat!", "don't go"]
+        "a man's t-shirt is blue.", "(a dog), then a cat!", "don't go",
+        'a "vaio" notebook says "come on."']
     task = _task()
     ids = task.tokenizer.tokenize(tf.constant(["a man in a blue shirt."]))
     assert task.detokenize(ids.to_tensor()).numpy()[0].decode() == "a man in a blue shirt."
