@@ -57,6 +57,12 @@ class Backend(str, enum.Enum):
     none = "none"
 
 
+class CharFeatures(str, enum.Enum):
+    none = "none"
+    cnn = "cnn"  # layers.CharCNN: a convolution over the characters, max-pooled
+    lstm = "lstm"  # layers.CharBiLSTM: the final states of a character BiLSTM
+
+
 class DecodeStrategy(str, enum.Enum):
     greedy = "greedy"
     beam = "beam"  # decode.beam_size hypotheses, decode.length_penalty
@@ -118,6 +124,10 @@ class NerTask(TaskConfig):
     lowercase: bool = False
     # batches of similar length, each padded to its bucket (pipelines.data.bucketing)
     length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
+    max_word_length: int = 20  # characters per word for model.char_features (longer: cut)
+    word_dropout: float = 0.0  # training only: a word id becomes [UNK] with this probability
+    case_features: bool = False  # a case-class embedding (lower, UPPER, Title, digit, other)
+    monitor: str = "val_f1"
 
 
 @dataclass
@@ -224,6 +234,11 @@ class RecurrentModel(ModelConfig):
     merge_mode: str = "concat"
     dropout: float = 0.0
     attention: str = "additive"
+    # NER only (other tasks refuse them): characters of each word, a CRF output layer
+    char_features: CharFeatures = CharFeatures.none
+    char_dim: int = 30  # character embedding width
+    char_filters: int = 50  # cnn: filters (the word vector size); lstm: units per direction
+    crf: bool = False
 
 
 @dataclass
@@ -238,6 +253,11 @@ class TransformerModel(ModelConfig):
     normalize_first: bool = False
     positional: str = "learned"
     attention: str = "softmax"
+    # NER only (other tasks refuse them): characters of each word, a CRF output layer
+    char_features: CharFeatures = CharFeatures.none
+    char_dim: int = 30  # character embedding width
+    char_filters: int = 50  # cnn: filters (the word vector size); lstm: units per direction
+    crf: bool = False
 
 
 @dataclass
@@ -359,6 +379,9 @@ class TrainerConfig:
     checkpoint_every_steps: Optional[int] = None  # mid-epoch save points (resume mid-epoch)
     max_nan_recoveries: int = 0  # NaN loss: restore the last save point, halve the LR
     eval_bleu_every: int = 0  # translation: validation BLEU every N epochs (0 = off)
+    # task metrics on validation (val_<metric>) every N epochs; 0 = off; null = every epoch
+    # when task.monitor names one, else eval_bleu_every (pipelines.tasks.validation)
+    eval_every: Optional[int] = None
     freeze_epochs: int = 0  # with model.init_from: train only the new layers (the head) this many epochs
     verbose: bool = True
 
@@ -454,7 +477,7 @@ def check(cfg: DictConfig) -> None:
         if key in cfg.model and key in defaults and cfg.model[key] != defaults[key]:
             used = [k for k in cfg.model if k not in ("name", "_target_", "roles", *unused)]
             raise ConfigError(
-                f"model.{key}={cfg.model[key]} has no effect with task={task} model={model} "
+                f"model.{key}={option_value(cfg.model[key])} has no effect with task={task} model={model} "
                 f"(keep its default {defaults[key]}). The model.* keys this pair uses: "
                 f"{', '.join(used)}"
             )
@@ -465,6 +488,16 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size must be >= 1; received {cfg.trainer.batch_size}")
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs must be >= 1; received {cfg.trainer.epochs}")
+    eval_every = cfg.trainer.get("eval_every")
+    if eval_every is not None and eval_every < 0:
+        raise ConfigError(f"trainer.eval_every must be >= 0 or null; received {eval_every}")
+    monitor = str(cfg.task.get("monitor", "val_loss"))
+    if not monitor.startswith(("val_", "train_")):
+        raise ConfigError(
+            f"task.monitor must name an epoch log: val_loss, val_<statistic> or "
+            f"val_<task metric> (e.g. val_accuracy, val_f1, val_bleu, val_mean_iou), or a "
+            f"train_ one; received task.monitor={monitor}"
+        )
     _check_decode(cfg)
     from pipelines.pretrained import check_init_from
 

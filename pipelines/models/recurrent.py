@@ -14,6 +14,19 @@ from pipelines.models.causal_lm import RecurrentLM
 from pipelines.models.seq2seq import GridEncoder, RecurrentDecoder, RecurrentTextEncoder
 
 _CELLS = {"lstm": layers.LSTM, "gru": layers.GRU}
+CHAR_FEATURES = ("none", "cnn", "lstm")
+
+
+def check_char_features(char_features, char_dim: int, char_filters: int) -> str:
+    """`model.char_features` as a string, checked with its sizes (shared by the backbones)."""
+    value = str(getattr(char_features, "value", char_features))
+    if value not in CHAR_FEATURES:
+        raise ValueError(f"model.char_features must be one of {', '.join(CHAR_FEATURES)}; "
+                         f"received {char_features!r}")
+    for name, size in (("char_dim", char_dim), ("char_filters", char_filters)):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"model.{name} must be a positive int; received {size!r}")
+    return value
 
 
 class Recurrent:
@@ -29,6 +42,8 @@ class Recurrent:
         dropout: dropout on the embeddings and between layers.
         attention: the decoder's attention in encoder-decoder tasks: "additive" (Bahdanau
             scores), "dot" or "general" (Luong scores).
+        char_features, char_dim, char_filters, crf: NER only (`pipelines.tasks.ner` builds
+            the character encoder and the CRF from them; other tasks refuse them).
     """
 
     # trainer.jit_compile=auto: XLA/graph train steps per second measured by
@@ -37,7 +52,8 @@ class Recurrent:
 
     def __init__(self, cell: str = "lstm", embedding_dim: int = 128, units: int = 128,
                  num_layers: int = 1, bidirectional: bool = True, merge_mode: str = "concat",
-                 dropout: float = 0.0, attention: str = "additive"):
+                 dropout: float = 0.0, attention: str = "additive", char_features: str = "none",
+                 char_dim: int = 30, char_filters: int = 50, crf: bool = False):
         if cell not in _CELLS:
             raise ValueError(f"model.cell must be one of {sorted(_CELLS)}; received {cell!r}")
         if num_layers < 1:
@@ -50,6 +66,8 @@ class Recurrent:
         if merge_mode not in ("concat", "sum"):
             raise ValueError(f"model.merge_mode must be concat or sum; received {merge_mode!r}")
         self.dropout, self.attention = dropout, attention
+        self.char_features = check_char_features(char_features, char_dim, char_filters)
+        self.char_dim, self.char_filters, self.crf = char_dim, char_filters, bool(crf)
 
     def _recurrent(self, return_sequences: bool, name: str) -> keras.layers.Layer:
         layer = _CELLS[self.cell](self.units, return_sequences=return_sequences, name=name)
@@ -58,8 +76,11 @@ class Recurrent:
         return layer
 
     def text_encoder(self, vocabulary_size: int, sequence_length: int,
-                     return_sequences: bool = False) -> keras.Model:
+                     return_sequences: bool = False, feature_dim: int = 0) -> keras.Model:
         """Token ids (B, T), 0 = padding -> (B, T, H) if return_sequences else (B, H).
+
+        With `feature_dim` F > 0 the model takes `{"token_ids": (B, T), "features": (B, T, F)}`
+        and concatenates the per-token features (e.g. character vectors) to the embeddings.
 
         The padding mask flows from `Embedding(mask_zero=True)` into every recurrent layer,
         so padded steps neither update the state nor reach the output. T is free (a time
@@ -68,13 +89,22 @@ class Recurrent:
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = keras.layers.Embedding(vocabulary_size, self.embedding_dim, mask_zero=True,
                                    name="embedding")(token_ids)  # (B, T, E)
+        inputs, padding_mask = token_ids, None
+        if feature_dim:
+            features = keras.Input((None, feature_dim), name="features")
+            inputs = {"token_ids": token_ids, "features": features}
+            x = keras.layers.Concatenate(name="with_features")([x, features])  # (B, T, E + F)
+            # Explicit: Concatenate's mask is the OR over its inputs' masks, and the features
+            # have none, so the implicit mask would mark every step valid.
+            padding_mask = keras.ops.not_equal(token_ids, 0)  # (B, T)
         x = keras.layers.Dropout(self.dropout)(x)
         for index in range(self.num_layers):
             last = index == self.num_layers - 1
-            x = self._recurrent(return_sequences or not last, name=f"{self.cell}_{index}")(x)
+            x = self._recurrent(return_sequences or not last,
+                                name=f"{self.cell}_{index}")(x, padding_mask=padding_mask)
             if not last:
                 x = keras.layers.Dropout(self.dropout)(x)  # (B, T, H)
-        return keras.Model(token_ids, x, name=f"{self.cell}_encoder")
+        return keras.Model(inputs, x, name=f"{self.cell}_encoder")
 
     def text_memory(self, vocabulary_size: int, sequence_length: int):
         """Ids (B, S) -> {"memory", "mask", "summary"}: the same (bi)directional stack of

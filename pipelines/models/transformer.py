@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 import layers
+from pipelines.models.recurrent import check_char_features
 from pipelines.models.causal_lm import TransformerLM
 from pipelines.models.seq2seq import GridEncoder, TransformerDecoder, TransformerTextEncoder
 
@@ -27,6 +28,8 @@ class Transformer:
         normalize_first: pre-norm blocks (more stable for deep stacks).
         positional: "learned" or "sinusoidal" position information.
         attention: "softmax", or "linear" (encoder only, cost linear in length).
+        char_features, char_dim, char_filters, crf: NER only (`pipelines.tasks.ner` builds
+            the character encoder and the CRF from them; other tasks refuse them).
     """
 
     # trainer.jit_compile=auto: XLA/graph train steps per second measured by
@@ -36,7 +39,8 @@ class Transformer:
     def __init__(self, hidden_dim: int = 128, num_heads: int = 4, intermediate_dim: int = 256,
                  num_layers: int = 2, num_decoder_layers: int = 2, dropout: float = 0.1,
                  normalize_first: bool = False, positional: str = "learned",
-                 attention: str = "softmax"):
+                 attention: str = "softmax", char_features: str = "none", char_dim: int = 30,
+                 char_filters: int = 50, crf: bool = False):
         if hidden_dim % num_heads:
             raise ValueError(f"model.num_heads must divide model.hidden_dim; received "
                              f"hidden_dim={hidden_dim}, num_heads={num_heads}")
@@ -44,6 +48,8 @@ class Transformer:
         self.num_layers, self.num_decoder_layers = num_layers, num_decoder_layers
         self.dropout, self.normalize_first = dropout, normalize_first
         self.positional, self.attention = positional, attention
+        self.char_features = check_char_features(char_features, char_dim, char_filters)
+        self.char_dim, self.char_filters, self.crf = char_dim, char_filters, bool(crf)
 
     def _block_kwargs(self) -> dict:
         return dict(hidden_dim=self.hidden_dim, num_heads=self.num_heads,
@@ -51,11 +57,14 @@ class Transformer:
                     normalize_first=self.normalize_first)
 
     def text_encoder(self, vocabulary_size: int, sequence_length: int,
-                     return_sequences: bool = False,
+                     return_sequences: bool = False, feature_dim: int = 0,
                      num_segments: int | None = None) -> keras.Model:
         """Token ids (B, T) -> (B, T, D), or the masked mean over valid tokens (B, D).
 
         With `num_segments` (masked_lm) it takes `[token_ids, segment_ids]`, both (B, T).
+        With `feature_dim` F > 0 the model takes `{"token_ids": (B, T), "features": (B, T, F)}`:
+        the per-token features (e.g. character vectors) are concatenated to the embeddings
+        and projected back to D.
 
         Any static T <= `sequence_length` (the size of the position table): length-bucketed
         batches are shorter. Positions 0..T-1 are the same whatever the padding, and padded
@@ -73,6 +82,11 @@ class Transformer:
             x = embedding(token_ids, segment_ids=segment_ids)
         else:
             x = embedding(token_ids)
+        if feature_dim:
+            features = keras.Input((None, feature_dim), name="features")
+            inputs = {"token_ids": token_ids, "features": features}
+            x = keras.layers.Concatenate(name="with_features")([x, features])  # (B, T, D + F)
+            x = keras.layers.Dense(self.hidden_dim, name="feature_projection")(x)  # (B, T, D)
         x = keras.layers.Dropout(self.dropout)(x)
         for index in range(self.num_layers):
             x = layers.TransformerEncoderBlock(**self._block_kwargs(), attention=self.attention,

@@ -109,9 +109,18 @@ class Task(abc.ABC):
         return {}
 
     def hooks(self, model: keras.Model, splits: Splits) -> list:
-        """Extra trainer hooks (e.g. per-epoch validation BLEU); they run before the
-        others, so what they add to the epoch's logs is logged and can be monitored."""
-        return []
+        """Extra trainer hooks; they run before the others, so what they add to the epoch's
+        logs is logged and can be monitored. By default the per-epoch validation metrics
+        (`pipelines.tasks.validation`: `task.monitor=val_<metric>`, `trainer.eval_every`)."""
+        from pipelines.tasks.validation import validation_hooks
+
+        return validation_hooks(self, model, splits)
+
+    def validation_metrics(self, model: keras.Model, pair: tuple[list, list],
+                           batch_size: int) -> dict:
+        """The task metrics on the validation split, added to an epoch's logs as
+        `val_<name>` for `task.monitor`: `evaluate` by default."""
+        return self.evaluate(model, pair, batch_size)
 
     def pictures(self, model: keras.Model, splits: Splits, directory) -> list:
         """Writes the task's PNGs (confusion matrix, overlays, attention maps) into

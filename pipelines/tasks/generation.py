@@ -1,5 +1,6 @@
 """What translation and captioning share: the target-side text pipeline, the sequence loss,
-token statistics, decoding through `EncoderDecoder.generate`, and per-epoch validation BLEU.
+token statistics, decoding through `EncoderDecoder.generate`, and per-epoch validation BLEU
+(`val_bleu`, through `pipelines.tasks.validation`).
 
 Target tokenizers reserve ids 0-3 for padding, unknown, start and end: `WordPieceTokenizer`
 (subwords learned with keras-hub's WordPiece trainer; loading the export needs
@@ -17,7 +18,6 @@ import tensorflow as tf
 
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.tasks.base import Task, plain
-from pipelines.trainer import Hook
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED = [PAD, UNK, START, END]  # ids 0..3
@@ -137,7 +137,7 @@ class GenerationTask(Task):
     """A source in, a token sequence out: an `EncoderDecoder` from the backbone's
     `sequence_decoder` role, teacher forcing in training, `decode.*` search in evaluation
     and export. Subclasses set `self.tokenizer` and `self.target_length` in `adapt`
-    (`set_target`) and implement `bleu(model, pair)` for `trainer.eval_bleu_every`."""
+    (`set_target`) and implement `bleu(model, pair)`, the validation metric `val_bleu`."""
 
     loss_length: int | None = None  # see `sequence_loss`
     source_key = "source"  # the model's input name of the source ("image" for captioning)
@@ -201,20 +201,11 @@ class GenerationTask(Task):
     def bleu(self, model, pair) -> float:
         """BLEU (0-100) of the model's outputs on `pair` against its references."""
 
-    def hooks(self, model, splits):
-        every = self.trainer_cfg.eval_bleu_every
-        return [ValidationBleu(self, model, splits.validation, every)] if every else []
+    # `task.monitor=val_bleu` (`pipelines.tasks.validation`): decoding is slow, so BLEU only,
+    # on the first `VALIDATION_SAMPLE` validation examples.
+    validation_metric_names = ("bleu",)
+    VALIDATION_SAMPLE = 200
 
-
-class ValidationBleu(Hook):
-    """`trainer.eval_bleu_every=N`: BLEU on up to 200 validation examples every N epochs,
-    added to the epoch's logs as `val_bleu` (so `task.monitor=val_bleu` works)."""
-
-    def __init__(self, task: GenerationTask, model, pair, every: int, sample: int = 200):
-        self.task, self.model, self.every = task, model, every
-        self.pair = (pair[0][:sample], pair[1][:sample])
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        if (epoch + 1) % self.every:
-            return
-        logs["val_bleu"] = self.task.bleu(self.model, self.pair)
+    def validation_metrics(self, model, pair, batch_size) -> dict:
+        sample = (pair[0][: self.VALIDATION_SAMPLE], pair[1][: self.VALIDATION_SAMPLE])
+        return {"bleu": self.bleu(model, sample)}

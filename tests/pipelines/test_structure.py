@@ -202,7 +202,7 @@ def test_factory_defaults_agree_with_the_schema(name):
     for field in dataclasses.fields(schema):
         if field.name in parameters and parameters[field.name].default is not inspect.Parameter.empty:
             default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
-                       else field.default)
+                       else getattr(field.default, "value", field.default))  # an enum choice: its value
             assert list(np.atleast_1d(parameters[field.name].default)) == list(np.atleast_1d(default)), (
                 name, field.name)
 
