@@ -107,11 +107,18 @@ class SentimentTask(TaskConfig):
     length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
 
 
+class TranslationTokenizer(str, enum.Enum):
+    wordpiece = "wordpiece"  # keras-hub WordPiece (pieces joined by spaces: "T - Shirt")
+    sentencepiece = "sentencepiece"  # SentencePiece unigram, reversible ("T-Shirt")
+
+
 @dataclass
 class TranslationTask(TaskConfig):
     source_length: int = 32
     target_length: int = 32
+    tokenizer: TranslationTokenizer = TranslationTokenizer.wordpiece
     vocabulary_size: int = 4000
+    vocabulary_sample: Optional[int] = 1_000_000  # lines (seeded sample) a vocabulary learns on
     lowercase: bool = False
     # batches cut to the bucket of their longest side (pipelines.data.bucketing); null = off
     length_buckets: Optional[list[int]] = None
@@ -180,6 +187,7 @@ class SegmentationTask(TaskConfig):
 class CaptionTokenizer(str, enum.Enum):
     word = "word"  # TextVectorization: core TF ops only
     wordpiece = "wordpiece"  # keras-hub WordPiece: loading needs tensorflow_text
+    sentencepiece = "sentencepiece"  # SentencePiece unigram, reversible; needs tensorflow_text
 
 
 class CaptionSampling(str, enum.Enum):
@@ -193,6 +201,7 @@ class CaptioningTask(TaskConfig):
     caption_length: int = 20  # decoder positions, [START] and [END] included
     tokenizer: CaptionTokenizer = CaptionTokenizer.word
     vocabulary_size: int = 5000
+    vocabulary_sample: Optional[int] = 1_000_000  # captions (seeded sample) it learns on
     lowercase: bool = True
     captions: CaptionSampling = CaptionSampling.sample
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128])

@@ -3,8 +3,10 @@
 Raw examples are (image, captions): a uint8 image (H, W, 3) of any size and its list of
 reference captions. A caption tokenizer is learned on the training captions and lives in
 the graph: `task.tokenizer=word` (a `TextVectorization` vocabulary: lower-cased words,
-punctuation stripped, core TF ops only) or `wordpiece` (keras-hub WordPiece; loading the
-export then needs `import tensorflow_text`). Ids 0-3 are [PAD], [UNK], [START], [END].
+punctuation stripped, core TF ops only), `wordpiece` (keras-hub WordPiece) or
+`sentencepiece` (reversible subwords: captions keep their punctuation and spacing); loading
+the export of the last two needs `import tensorflow_text`. At most `task.vocabulary_sample`
+captions (a seeded sample) learn it. Ids 0-3 are [PAD], [UNK], [START], [END].
 
 Training reads one caption per image per visit (`task.captions=sample`) or every
 (image, caption) pair (`all`; an epoch, by default, is then one pass over the pairs, not the
@@ -29,7 +31,7 @@ from pipelines.metrics import caption_bleu, corpus_bleu
 from pipelines.models.seq2seq import EncoderDecoder
 from pipelines.tasks.base import plain
 from pipelines.tasks.generation import (GenerationTask, WordPieceTokenizer, WordTokenizer,
-                                        sequence_loss)
+                                        learn_tokenizer, sequence_loss)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,36 @@ def caption_loss(y_true, y_pred):
     """Per caption (B,): cross-entropy averaged over its own tokens ([END] included, 0 =
     padding), so the amount of padding never changes a caption's loss."""
     return sequence_loss(y_true, y_pred)
+
+
+def check_captions(splits: Splits, task: str) -> None:
+    """Every image of every split has a non-empty list of non-blank caption strings."""
+    for split_name, pair in (("train", splits.train), ("validation", splits.validation),
+                             ("test", splits.test)):
+        for index, references in enumerate(pair[1] if pair is not None else []):
+            if isinstance(references, str) or not references or not all(
+                    isinstance(r, str) and r.strip() for r in references):
+                raise ValueError(
+                    f"{task} needs a non-empty list of caption strings per image; the "
+                    f"{split_name} split's example {index} has {references!r}")
+
+
+def stack_images(images, size: int) -> np.ndarray:
+    """Raw images (any sizes) -> uint8 (N, size, size, 3), each resized once."""
+    if not len(images):
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([resize_image(image, size) for image in images]).astype(np.uint8)
+
+
+def caption_table(references: list[list[str]], encode) -> tuple[np.ndarray, np.ndarray]:
+    """ids (N, K, L) of every image's K <= K_max captions ("" past its own) and counts (N,);
+    `encode` maps strings (n,) to ids (n, L)."""
+    width = max(len(refs) for refs in references)
+    flat = [refs[k] if k < len(refs) else "" for refs in references for k in range(width)]
+    ids = np.concatenate([encode(tf.constant(flat[start:start + 4096])).numpy()
+                          for start in range(0, len(flat), 4096)])
+    counts = np.array([len(refs) for refs in references], np.int32)
+    return ids.reshape(len(references), width, -1), counts
 
 
 def build_captioner(backbone, vocabulary_size: int, caption_length: int, image_size: int,
@@ -60,21 +92,13 @@ class Captioning(GenerationTask):
 
     # ------------------------------------------------------------------ data
     def adapt(self, splits: Splits) -> None:
-        for split_name, pair in (("train", splits.train), ("validation", splits.validation),
-                                 ("test", splits.test)):
-            if pair is None:
-                continue
-            for index, references in enumerate(pair[1]):
-                if isinstance(references, str) or not references or not all(
-                        isinstance(r, str) and r.strip() for r in references):
-                    raise ValueError(
-                        f"captioning needs a non-empty list of caption strings per image; the "
-                        f"{split_name} split's example {index} has {references!r}")
+        check_captions(splits, "captioning")
         self.image_size = int(self.task_cfg.image_size)
         texts = [caption for references in splits.train[1] for caption in references]
         size, lowercase = int(self.task_cfg.vocabulary_size), bool(self.task_cfg.lowercase)
         kind = option_value(self.task_cfg.tokenizer)
-        tokenizer = (WordTokenizer if kind == "word" else WordPieceTokenizer)(texts, size, lowercase)
+        tokenizer = learn_tokenizer(kind, texts, size, lowercase,
+                                    self.task_cfg.vocabulary_sample, self.seed)
         self.set_target(tokenizer, self.task_cfg.caption_length)
         self.caption_length = self.target_length
         self._images: dict[int, np.ndarray] = {}
@@ -93,20 +117,12 @@ class Captioning(GenerationTask):
         """The split's images as uint8 (N, S, S, 3), resized once."""
         key = id(pair[0])
         if key not in self._images:
-            size = self.image_size
-            self._images[key] = (np.stack([resize_image(image, size) for image in pair[0]])
-                                 .astype(np.uint8) if len(pair[0])
-                                 else np.zeros((0, size, size, 3), np.uint8))
+            self._images[key] = stack_images(pair[0], self.image_size)
         return self._images[key]
 
     def _caption_table(self, references: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """ids (N, K, caption_length + 1) of every image's K <= K_max captions and counts (N,)."""
-        width = max(len(refs) for refs in references)
-        flat = [refs[k] if k < len(refs) else "" for refs in references for k in range(width)]
-        ids = np.concatenate([self.encode_targets(tf.constant(flat[start:start + 4096])).numpy()
-                              for start in range(0, len(flat), 4096)])
-        counts = np.array([len(refs) for refs in references], np.int32)
-        return ids.reshape(len(references), width, -1), counts
+        return caption_table(references, self.encode_targets)
 
     def dataset(self, pair, training, batch_size):
         images = self.images(pair)

@@ -4,12 +4,20 @@ token statistics, decoding through `EncoderDecoder.generate`, and per-epoch vali
 
 Target tokenizers reserve ids 0-3 for padding, unknown, start and end: `WordPieceTokenizer`
 (subwords learned with keras-hub's WordPiece trainer; loading the export needs
-`import tensorflow_text`) and `WordTokenizer` (whole words from a `TextVectorization`
-vocabulary, core TF ops only). Both give ragged ids in the graph and detokenize in it.
+`import tensorflow_text`), `SentencePieceTokenizer` (a unigram model trained by the compiled
+`sentencepiece` library in seconds, served by tensorflow-text's `SentencepieceTokenizer`; it
+keeps the whitespace, so its output reads as written: "T-Shirt", "Hut.") and `WordTokenizer`
+(whole words from a `TextVectorization` vocabulary, core TF ops only). All give ragged ids in
+the graph and detokenize in it; `learn_tokenizer` picks one by its `task.tokenizer` name and
+learns it on at most `task.vocabulary_sample` lines.
 """
 from __future__ import annotations
 
 import abc
+import hashlib
+import io
+import os
+import random
 import re
 
 import keras
@@ -111,6 +119,105 @@ class WordTokenizer:
 
     def trackables(self) -> list:
         return [self.layer]
+
+
+# SentencePiece's trainer: its control symbols are our reserved tokens at ids 0-3; the identity
+# normalisation and kept whitespace make detokenize(tokenize(s)) == s (NFKC would rewrite
+# characters such as a no-break space, which the Multi30k validation text has).
+SENTENCEPIECE_OPTIONS = dict(
+    model_type="unigram", normalization_rule_name="identity", remove_extra_whitespaces=False,
+    character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece=PAD,
+    unk_piece=UNK, bos_piece=START, eos_piece=END,
+    hard_vocab_limit=False,  # a small corpus gets the pieces it has, not an error
+    minloglevel=2)
+
+
+def vocabulary_lines(texts: list[str], sample: int | None, seed: int) -> list[str]:
+    """At most `sample` of `texts` (None: all of them), drawn with `seed`, in corpus order."""
+    if sample is None or len(texts) <= sample:
+        return list(texts)
+    chosen = sorted(random.Random(seed).sample(range(len(texts)), int(sample)))
+    return [texts[i] for i in chosen]
+
+
+def learn_sentencepiece(texts: list[str], vocabulary_size: int) -> bytes:
+    """The serialized SentencePiece model (`ModelProto`) learned on `texts`, ids 0-3 reserved.
+    Lines without a character are left out (the trainer refuses an empty corpus)."""
+    import sentencepiece
+
+    lines = [text for text in texts if text.strip()]
+    if not lines:
+        raise ValueError("a SentencePiece vocabulary needs at least one non-empty line; "
+                         f"received {len(texts)} lines")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=int(vocabulary_size),
+        num_threads=min(os.cpu_count() or 1, 16), **SENTENCEPIECE_OPTIONS)
+    return model.getvalue()
+
+
+class SentencePieceTokenizer:
+    """Subwords of a SentencePiece unigram model learned on the training texts, served in the
+    graph by `tensorflow_text.SentencepieceTokenizer` (loading the export needs
+    `import tensorflow_text`); the model proto lives inside that tokenizer's resource, so
+    the export carries it. Reversible: `detokenize(tokenize(s)) == s` for text whose characters
+    the training lines have (others become [UNK]); `lowercase` lower-cases in the graph first.
+    The vocabulary is at most `vocabulary_size` pieces (fewer on a small corpus)."""
+
+    start_id, end_id = 2, 3
+
+    def __init__(self, texts: list[str], vocabulary_size: int, lowercase: bool):
+        import sentencepiece
+        import tensorflow_text
+
+        self.lowercase = lowercase
+        if lowercase:  # the graph's own lower-casing, so that training and serving agree
+            texts = [t.decode("utf-8") for t in self._lower(tf.constant(list(texts))).numpy()]
+        self.model = learn_sentencepiece(texts, vocabulary_size)
+        processor = sentencepiece.SentencePieceProcessor(model_proto=self.model)
+        self.vocabulary = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+        # Named by the model's content: two tokenizers of one export (source and target) must
+        # differ in name, else a loading process runs both with one model (tensorflow-text's
+        # kernel-owned resource; seen with 2.21, tested).
+        name = "sentencepiece_" + hashlib.sha1(self.model).hexdigest()[:16]
+        self.tokenizer = tensorflow_text.SentencepieceTokenizer(model=self.model,
+                                                                out_type=tf.int32, name=name)
+
+    def _lower(self, texts):
+        return tf.strings.lower(texts, encoding="utf-8") if self.lowercase else texts
+
+    def vocabulary_size(self) -> int:
+        return len(self.vocabulary)
+
+    def get_vocabulary(self) -> list[str]:
+        return self.vocabulary
+
+    def tokenize(self, texts):
+        """strings (B,) -> ragged ids (B, None)."""
+        return self.tokenizer.tokenize(self._lower(tf.convert_to_tensor(texts)))
+
+    def detokenize(self, ids):
+        """ragged ids (B, None) -> strings (B,): pieces joined, '▁' back to spaces."""
+        return self.tokenizer.detokenize(ids)
+
+    def normalize(self, text: str) -> str:
+        return text.lower() if self.lowercase else text
+
+    def trackables(self) -> list:
+        return [self.tokenizer]
+
+
+# `task.tokenizer` values and the classes they name (one option of a task, not a registry).
+TOKENIZERS = {"wordpiece": WordPieceTokenizer, "sentencepiece": SentencePieceTokenizer,
+              "word": WordTokenizer}
+
+
+def learn_tokenizer(kind: str, texts: list[str], vocabulary_size: int, lowercase: bool,
+                    sample: int | None = None, seed: int = 0):
+    """The tokenizer `task.tokenizer=kind`, learned on at most `sample` of `texts` (seeded)."""
+    if kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {sorted(TOKENIZERS)}; received {kind!r}")
+    return TOKENIZERS[kind](vocabulary_lines(texts, sample, seed), vocabulary_size, lowercase)
 
 
 def sequence_loss(y_true, y_pred, length: int | None = None):

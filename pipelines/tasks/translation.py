@@ -1,6 +1,7 @@
 """`task=translation`: many-to-many. Metrics: `bleu`, `chrf` from sacrebleu.
 
-Subword (WordPiece) vocabularies are learned on the training split, one per language, and
+Subword vocabularies (`task.tokenizer`: WordPiece, or reversible SentencePiece) are learned
+on (at most `task.vocabulary_sample` lines of) the training split, one per language, and
 live inside the graph: the exported signature takes a source string and returns the
 translated string, beam search included. The network is the backbone's `EncoderDecoder`
 (`text_memory` over the source, `decoder` over the target; `pipelines.models.seq2seq`).
@@ -11,9 +12,10 @@ import keras
 import sacrebleu
 import tensorflow as tf
 
+from pipelines.config import option_value
 from pipelines.data import Splits
 from pipelines.models.seq2seq import EncoderDecoder
-from pipelines.tasks.generation import GenerationTask, WordPieceTokenizer
+from pipelines.tasks.generation import GenerationTask, learn_tokenizer
 
 
 class Translation(GenerationTask):
@@ -21,9 +23,10 @@ class Translation(GenerationTask):
 
     def adapt(self, splits: Splits) -> None:
         sources, targets = splits.train
-        size, lowercase = self.task_cfg.vocabulary_size, self.task_cfg.lowercase
-        self.source_tokenizer = WordPieceTokenizer(sources, size, lowercase)
-        self.target_tokenizer = WordPieceTokenizer(targets, size, lowercase)
+        kind, lowercase = option_value(self.task_cfg.tokenizer), self.task_cfg.lowercase
+        size, sample = self.task_cfg.vocabulary_size, self.task_cfg.vocabulary_sample
+        self.source_tokenizer = learn_tokenizer(kind, sources, size, lowercase, sample, self.seed)
+        self.target_tokenizer = learn_tokenizer(kind, targets, size, lowercase, sample, self.seed)
         self.source_length = self.task_cfg.source_length
         self.set_target(self.target_tokenizer, self.task_cfg.target_length)
         self.loss_length = self.target_length  # every target token weighs the same
