@@ -122,6 +122,7 @@ def test_two_sweepers_started_together_run_n_trials_in_all_none_twice(tmp_path):
     assert jobs == list(range(8))  # each trial its own job directory
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 2  # both sweepers asked the study for trials
+    assert all(isinstance(t.user_attrs["heartbeat"], float) for t in study.trials)
     assert len({t.params["x"] for t in study.trials}) == 8  # and drew different ones
     pids = set()
     for trial in study.trials:
