@@ -226,6 +226,60 @@ class ImageClassificationTask(TaskConfig):
 
 
 @dataclass
+class ImageTextTask(TaskConfig):
+    image_size: int = 64  # images resized to this square (training and serving)
+    text_length: int = 24  # caption tokens (longer captions are cut)
+    vocabulary_size: int = 5000  # words, learned on the training captions
+    lowercase: bool = True
+    # The text tower: a model group with the sequence_encoder role; per group, keys changed
+    # in it ({transformer: {hidden_dim: 64}}), read when that group is the text tower.
+    text_tower: str = "transformer"
+    text_tower_options: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 128  # the shared space both towers project to
+    temperature: float = 0.07  # initial; learned as a logit scale 1 / temperature
+    max_logit_scale: float = 100.0  # the logit scale's clip (CLIP)
+    prompt: str = "a photo of a {}"  # zero-shot prompt, {} = the label
+    labels: Optional[list[str]] = None  # None: the colour-shape pairs on generated scenes
+    holdout_pairs: list[str] = field(default_factory=list)  # "red circle": unseen in training
+    num_samples: int = 20  # zero-shot predictions written to samples.json
+    monitor: str = "val_loss"
+
+
+def check_image_text(task: DictConfig, data: DictConfig | None = None) -> None:
+    """task=image_text's own checks (no TF): labels, prompt, held-out pairs, text tower."""
+    labels = task.get("labels")
+    if labels is not None and (not len(labels) or any(not str(v).strip() for v in labels)):
+        raise ConfigError(f"task.labels must be null or a non-empty list of non-empty label "
+                          f"names; received task.labels={list(labels)}")
+    if "{}" not in str(task.prompt):
+        raise ConfigError(f"task.prompt must hold {{}} where the label goes (e.g. 'a photo of a "
+                          f"{{}}'); received task.prompt={task.prompt!r}")
+    from pipelines.data.scenes import parse_pairs
+
+    try:
+        parse_pairs(list(task.holdout_pairs))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if task.holdout_pairs and data is not None and option_value(data.source) != "synthetic":
+        raise ConfigError(f"task.holdout_pairs needs generated scenes (data=synthetic); "
+                          f"received data={option_value(data.source)}")
+    towers = [name for name, option in model_options().items()
+              if "sequence_encoder" in option.get("roles", [])]
+    if task.text_tower not in towers:
+        raise ConfigError(f"task.text_tower={task.text_tower} is not a text encoder; valid: "
+                          f"{', '.join(towers)}")
+    for tower, options in task.text_tower_options.items():
+        if tower not in towers:
+            raise ConfigError(f"task.text_tower_options.{tower}: {tower} is not a text encoder; "
+                              f"valid: {', '.join(towers)}")
+        known = set(model_options()[tower]) - {"defaults", "name", "_target_", "roles"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"task.text_tower_options.{tower} has keys {unknown} that model="
+                              f"{tower} does not have; its keys: {', '.join(sorted(known))}")
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     _target_: str = MISSING  # the backbone factory
@@ -425,6 +479,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
              "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask,
              "masked_lm": MaskedLmTask,
              "image_classification": ImageClassificationTask,
+             "image_text": ImageTextTask,
              "language_modeling": LanguageModelingTask},
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
               "cnn": CnnModel, "vit": VitModel},
@@ -508,6 +563,8 @@ def check(cfg: DictConfig) -> None:
             f"train_ one; received task.monitor={monitor}"
         )
     _check_decode(cfg)
+    if cfg.task.name == "image_text":
+        check_image_text(cfg.task, cfg.data)
     from pipelines.pretrained import check_init_from
 
     check_init_from(cfg)

@@ -21,14 +21,22 @@ def export(task, model: keras.Model, path: str) -> None:
         archive.track(trackable)
     archive.add_endpoint("serving_default", task.serving_fn(model),
                          input_signature=task.serving_signature())
+    # More signatures where a task has them (image_text: embed_image, embed_text).
+    extra = getattr(task, "extra_signatures", None)
+    for name, (fn, specs) in (extra(model) if extra else {}).items():
+        archive.add_endpoint(name, fn, input_signature=specs)
     archive.write_out(str(path), verbose=False)
 
 
-def serve_in_process(task, model: keras.Model, inputs) -> dict[str, np.ndarray]:
-    """What `serving_default` returns for `inputs` (a list for one input, a dict of lists by
-    input name for several), computed with the in-process model."""
-    specs = task.serving_signature()
-    fn = tf.function(task.serving_fn(model), input_signature=specs, reduce_retracing=True)
+def serve_in_process(task, model: keras.Model, inputs,
+                     signature: str = "serving_default") -> dict[str, np.ndarray]:
+    """What `serving_default` (or the task's extra `signature`) returns for `inputs` (a list
+    for one input, a dict of lists by input name for several), with the in-process model."""
+    if signature == "serving_default":
+        serve, specs = task.serving_fn(model), task.serving_signature()
+    else:
+        serve, specs = task.extra_signatures(model)[signature]
+    fn = tf.function(serve, input_signature=specs, reduce_retracing=True)
     if isinstance(inputs, dict):
         args = [tf.constant(inputs[spec.name], spec.dtype) for spec in specs]
     else:

@@ -23,7 +23,7 @@ def _to_python(value):
     return value
 
 
-def predict(saved_model: str, inputs: list[str]) -> list[dict]:
+def predict(saved_model: str, inputs: list[str], labels: list[str] | None = None) -> list[dict]:
     import tensorflow as tf
 
     try:
@@ -32,7 +32,16 @@ def predict(saved_model: str, inputs: list[str]) -> list[dict]:
         pass
     loaded = tf.saved_model.load(saved_model)
     serve = loaded.signatures["serving_default"]
-    (input_name,) = serve.structured_input_signature[1].keys()
+    names = set(serve.structured_input_signature[1].keys())
+    extra = {}
+    if "labels" in names:  # zero-shot (image_text): the candidate labels of every input
+        if not labels:
+            raise SystemExit(f"{saved_model} classifies against labels: pass --labels a,b,...")
+        extra = {"labels": tf.constant(labels)}
+        names.discard("labels")
+    elif labels:
+        raise SystemExit(f"{saved_model} takes no labels; drop --labels")
+    (input_name,) = names
     if input_name == "image_bytes":
         batch = []
         for path in inputs:
@@ -40,10 +49,11 @@ def predict(saved_model: str, inputs: list[str]) -> list[dict]:
                 batch.append(handle.read())
     else:
         batch = inputs
-    outputs = serve(**{input_name: tf.constant(batch)})
+    outputs = serve(**{input_name: tf.constant(batch)}, **extra)
     outputs = {k: v.numpy() for k, v in outputs.items()}
     return [
-        {"input": item, **{k: _to_python(v[i]) for k, v in sorted(outputs.items())}}
+        {"input": item, **({"labels": labels} if extra else {}),
+         **{k: _to_python(v[i]) for k, v in sorted(outputs.items())}}
         for i, item in enumerate(inputs)
     ]
 
@@ -53,10 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("saved_model", help="the run's saved_model/ directory")
     parser.add_argument("inputs", nargs="+", help="texts, or image paths")
+    parser.add_argument("--labels", default=None,
+                        help="comma-separated candidate labels, for zero-shot models "
+                             "(task=image_text): --labels cat,dog")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.saved_model):
         parser.error(f"{args.saved_model} is not a SavedModel directory")
-    for row in predict(args.saved_model, args.inputs):
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    for row in predict(args.saved_model, args.inputs, labels):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 

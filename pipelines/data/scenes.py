@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import numpy as np
 
@@ -278,3 +279,20 @@ def _captions(rng: np.random.Generator, shapes: list[Shape], size: int) -> list[
     order = rng.permutation(len(picked))
     keep = int(rng.integers(3, min(5, len(picked)) + 1))
     return [picked[i] for i in order[:keep]]
+
+
+# ----------------------------------------------------------------------------- vocabulary
+def parse_pairs(pairs: list[str]) -> list[tuple[str, str]]:
+    """["red circle", "blue-star"] -> [("red", "circle"), ("blue", "star")]: colour-shape
+    pairs of the scene vocabulary (a space, "-" or "_" between the words), or a ValueError
+    that lists the valid colours and shapes."""
+    parsed = []
+    for pair in pairs:
+        words = [w for w in re.split(r"[\s_-]+", str(pair).strip().lower()) if w]
+        if len(words) != 2 or words[0] not in COLOURS or words[1] not in KINDS:
+            raise ValueError(
+                f"task.holdout_pairs: {pair!r} is not a colour-shape pair of the generated "
+                f"scenes (write 'colour shape', e.g. 'red circle'); colours: "
+                f"{', '.join(COLOURS)}; shapes: {', '.join(KINDS)}")
+        parsed.append((words[0], words[1]))
+    return parsed

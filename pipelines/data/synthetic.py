@@ -141,7 +141,11 @@ class SyntheticSource(Source):
         scenes for every vision task; `limit` draws only the first scenes."""
         from pipelines.data.scenes import scene_splits
 
-        return scene_splits(self.seed, self._sizes(train, validation, test))
+        sizes = self._sizes(train, validation, test)
+        cached = getattr(self, "_scene_cache", None)  # image_captions, then scene_shapes
+        if cached is None or cached[0] != sizes:
+            self._scene_cache = (sizes, scene_splits(self.seed, sizes))
+        return self._scene_cache[1]
 
     def image_masks(self) -> Splits:
         """64 x 64 scenes (uint8 (64, 64, 3)) -> masks (uint8 (64, 64)): 0 = background,
@@ -156,6 +160,11 @@ class SyntheticSource(Source):
         batches = self._scenes(6000, 500, 500)
         return Splits(**{split: (list(batch.images), list(batch.captions))
                          for split, batch in batches.items()})
+
+    def scene_shapes(self) -> dict[str, list]:
+        """{split: the `scenes.Shape` records of each scene `image_captions` returns} (the
+        largest shape first): the labels and held-out colour-shape pairs of image_text."""
+        return {split: batch.shapes for split, batch in self._scenes(6000, 500, 500).items()}
 
     def labelled_images(self) -> Splits:
         """64 x 64 scenes of 1-3 coloured shapes on textured backgrounds (uint8 arrays

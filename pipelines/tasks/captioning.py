@@ -45,6 +45,36 @@ def caption_loss(y_true, y_pred):
     return sequence_loss(y_true, y_pred)
 
 
+def check_captions(splits: Splits, task: str) -> None:
+    """Every image of every split has a non-empty list of non-blank caption strings."""
+    for split_name, pair in (("train", splits.train), ("validation", splits.validation),
+                             ("test", splits.test)):
+        for index, references in enumerate(pair[1] if pair is not None else []):
+            if isinstance(references, str) or not references or not all(
+                    isinstance(r, str) and r.strip() for r in references):
+                raise ValueError(
+                    f"{task} needs a non-empty list of caption strings per image; the "
+                    f"{split_name} split's example {index} has {references!r}")
+
+
+def stack_images(images, size: int) -> np.ndarray:
+    """Raw images (any sizes) -> uint8 (N, size, size, 3), each resized once."""
+    if not len(images):
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([resize_image(image, size) for image in images]).astype(np.uint8)
+
+
+def caption_table(references: list[list[str]], encode) -> tuple[np.ndarray, np.ndarray]:
+    """ids (N, K, L) of every image's K <= K_max captions ("" past its own) and counts (N,);
+    `encode` maps strings (n,) to ids (n, L)."""
+    width = max(len(refs) for refs in references)
+    flat = [refs[k] if k < len(refs) else "" for refs in references for k in range(width)]
+    ids = np.concatenate([encode(tf.constant(flat[start:start + 4096])).numpy()
+                          for start in range(0, len(flat), 4096)])
+    counts = np.array([len(refs) for refs in references], np.int32)
+    return ids.reshape(len(references), width, -1), counts
+
+
 def build_captioner(backbone, vocabulary_size: int, caption_length: int, image_size: int,
                     encoder_filters, encoder_norm=None, mean=None, variance=None) -> EncoderDecoder:
     """The backbone's CNN-grid memory (`image_memory`) and its decoder, as one
@@ -62,16 +92,7 @@ class Captioning(GenerationTask):
 
     # ------------------------------------------------------------------ data
     def adapt(self, splits: Splits) -> None:
-        for split_name, pair in (("train", splits.train), ("validation", splits.validation),
-                                 ("test", splits.test)):
-            if pair is None:
-                continue
-            for index, references in enumerate(pair[1]):
-                if isinstance(references, str) or not references or not all(
-                        isinstance(r, str) and r.strip() for r in references):
-                    raise ValueError(
-                        f"captioning needs a non-empty list of caption strings per image; the "
-                        f"{split_name} split's example {index} has {references!r}")
+        check_captions(splits, "captioning")
         self.image_size = int(self.task_cfg.image_size)
         texts = [caption for references in splits.train[1] for caption in references]
         size, lowercase = int(self.task_cfg.vocabulary_size), bool(self.task_cfg.lowercase)
@@ -96,20 +117,12 @@ class Captioning(GenerationTask):
         """The split's images as uint8 (N, S, S, 3), resized once."""
         key = id(pair[0])
         if key not in self._images:
-            size = self.image_size
-            self._images[key] = (np.stack([resize_image(image, size) for image in pair[0]])
-                                 .astype(np.uint8) if len(pair[0])
-                                 else np.zeros((0, size, size, 3), np.uint8))
+            self._images[key] = stack_images(pair[0], self.image_size)
         return self._images[key]
 
     def _caption_table(self, references: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """ids (N, K, caption_length + 1) of every image's K <= K_max captions and counts (N,)."""
-        width = max(len(refs) for refs in references)
-        flat = [refs[k] if k < len(refs) else "" for refs in references for k in range(width)]
-        ids = np.concatenate([self.encode_targets(tf.constant(flat[start:start + 4096])).numpy()
-                              for start in range(0, len(flat), 4096)])
-        counts = np.array([len(refs) for refs in references], np.int32)
-        return ids.reshape(len(references), width, -1), counts
+        return caption_table(references, self.encode_targets)
 
     def dataset(self, pair, training, batch_size):
         images = self.images(pair)
