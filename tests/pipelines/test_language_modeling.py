@@ -230,6 +230,18 @@ def test_readable_text_joins_pieces_and_punctuation():
     assert task.detokenize(ids.to_tensor()).numpy()[0].decode() == "a man in a blue shirt."
 
 
+def test_gzip_files_and_lists_of_files_are_one_corpus(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "a.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write("a dog runs .\na cat sleeps .\n\nthe end .\n")
+    (tmp_path / "b.txt").write_text("one more .\n")
+    splits = FilesSource(train=f"{tmp_path / 'a.txt.gz'},{tmp_path / 'b.txt'}",
+                         validation=str(tmp_path / "b.txt")).read("text_lines")
+    assert splits.train == (["a dog runs .", "a cat sleeps .", "the end .", "one more ."],
+                            [0, 0, 1, 2])
+
+
 def test_a_blank_or_too_short_corpus_names_the_file(tmp_path):
     (tmp_path / "blank.txt").write_text("\n  \n\n")
     with pytest.raises(DataFileError, match="blank.txt: no text"):
