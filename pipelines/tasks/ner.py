@@ -221,6 +221,19 @@ class Ner(Task):
             return model.get_layer("crf").decode(scores, tf.not_equal(inputs["word_ids"], 0))
         return tf.argmax(scores, -1, output_type=tf.int32)
 
+    def _tagger(self, model):
+        """words (B, max_length) -> tag ids (B, T), T the longest sentence of the batch: one
+        graph per model, traced once (the per-epoch validation F1 reuses it)."""
+        if getattr(self, "_tagged_model", None) is not model:
+            def forward(w):
+                width = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(w, ""), tf.int32), 1))
+                return self.decode(model, self.features(w[:, : tf.maximum(width, 1)]))
+
+            self._tagger_fn = tf.function(
+                forward, input_signature=[tf.TensorSpec([None, self.length], tf.string)])
+            self._tagged_model = model
+        return self._tagger_fn
+
     def predict_tags(self, model, sentences, batch_size=256) -> list[list[str]]:
         """Tags per word; words past max_length (rare) are tagged "O".
 
@@ -229,12 +242,7 @@ class Ner(Task):
         and the RNN run over T steps)."""
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
         words = self._pad([sentences[i] for i in order], "")
-
-        def forward(w):
-            width = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(w, ""), tf.int32), 1))
-            return self.decode(model, self.features(w[:, : tf.maximum(width, 1)]))
-
-        forward = tf.function(forward, reduce_retracing=True)
+        forward = self._tagger(model)
         ds = tf.data.Dataset.from_tensor_slices(words.astype(str)).batch(batch_size)
         ids = [None] * len(sentences)
         rows = (row for batch in ds for row in forward(batch).numpy())

@@ -39,6 +39,9 @@ class ValidationMetrics(Hook):
         metrics = self.task.validation_metrics(self.model, self.pair, self.batch_size)
         logs.update({f"val_{name}": float(value) for name, value in metrics.items()})
         logs["val_metrics_seconds"] = time.time() - began
+        log.info("epoch %d validation metrics: %s (%.1f s)", epoch + 1,
+                 " ".join(f"val_{k}={v:.4f}" for k, v in metrics.items()),
+                 logs["val_metrics_seconds"])
 
 
 def _statistic_names(task, model, pair) -> list[str]:
