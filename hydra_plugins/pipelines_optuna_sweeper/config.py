@@ -24,9 +24,10 @@ class PipelinesOptunaSweeperConf:
     # null: sqlite:///<hydra.sweep.dir>/optuna.db, so re-running the same sweep dir resumes it
     storage: Optional[str] = None
     study_name: Optional[str] = None
-    # trials this sweeper launches together: parallel with hydra/launcher=joblib (set
-    # hydra.launcher.n_jobs to the same number) or submitit_slurm. Several sweepers may share
-    # one study (same storage and study_name); together they run n_trials.
+    # trials this sweeper runs at once: in parallel with hydra/launcher=joblib (set
+    # hydra.launcher.n_jobs to the same number) or submitit_slurm, each slot starting its next
+    # trial when its last one ends. Several sweepers may share one study (same storage and
+    # study_name); together they run n_trials.
     n_jobs: int = 1
     max_failure_rate: float = 0.0
     # a sweeper writes a heartbeat into its running trials every heartbeat_interval s; another

@@ -23,8 +23,11 @@ This sweeper runs on current Optuna with a persistent storage in the sweep direc
   `heartbeat_interval` s: a RUNNING trial whose sweeper died (on this host: its process is gone;
   elsewhere: silent for `grace_period` s) is re-run as above; one whose sweeper lives is waited
   for. Storage calls are retried when SQLite reports "database is locked".
-- `n_jobs` trials are launched together; with `hydra/launcher=joblib` (`hydra.launcher.n_jobs`)
-  or `submitit_slurm` they run in parallel, each job in its own process. Jobs get their trial
+- `n_jobs` trials run at once. With a launcher that runs jobs in other processes
+  (`hydra/launcher=joblib` with `hydra.launcher.n_jobs`, or `submitit_slurm`), `n_jobs` threads
+  each keep one trial in flight and start the next as soon as theirs ends (as Optuna's
+  `optimize(n_jobs=...)` does), so no trial waits for a slower one; Hydra's basic launcher runs
+  batches of `n_jobs` in this process, one job after another. Jobs get their trial
   number and the study's key in the environment (`PIPELINES_OPTUNA_TRIAL`,
   `PIPELINES_SWEEP_STUDY`): the tracker tags the MLflow run and finds the one parent run of
   the study.
@@ -205,6 +208,22 @@ def _format(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+class _Slot(threading.Thread):
+    """A thread that keeps one trial in flight. Its exception is kept for the sweeper, and
+    stops the other slots (each finishes the trial it runs)."""
+
+    def __init__(self, target, stop: threading.Event, *args):
+        super().__init__(daemon=True, name="optuna-slot")
+        self.run_slot, self.stop, self.slot_args, self.error = target, stop, args, None
+
+    def run(self) -> None:
+        try:
+            self.run_slot(*self.slot_args)
+        except BaseException as error:  # noqa: BLE001 - re-raised by the sweeper
+            self.error = error
+            self.stop.set()
+
+
 class OptunaSweeperImpl(Sweeper):
     def __init__(self, direction: Any = "maximize", n_trials: int = 20, sampler: Any = "tpe",
                  seed: int | None = None, storage: str | None = None,
@@ -335,10 +354,10 @@ class OptunaSweeperImpl(Sweeper):
                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                    or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))
 
-    def _ask(self, study, space: dict, fixed: dict) -> tuple[list, int]:
-        """Under the study lock: recovers dead sweepers' trials, then asks for this sweeper's
-        next trials (at most n_jobs, and never beyond n_trials with the ones others run).
-        Returns ([(trial, overrides)], trials that other sweepers are running)."""
+    def _ask(self, study, space: dict, fixed: dict, size: int) -> tuple[list, int]:
+        """Under the study lock: recovers dead sweepers' trials, then asks for the next
+        trials (at most `size`, and never beyond n_trials with the ones running elsewhere).
+        Returns ([(trial, overrides)], trials that other sweepers or slots are running)."""
         with self._lock():
             running = self._recover(study)
             to_go = self.n_trials - self._finished(study) - running
@@ -347,7 +366,7 @@ class OptunaSweeperImpl(Sweeper):
             used = [t.user_attrs.get(JOB_NUM, t.number) for t in study.get_trials(deepcopy=False)]
             next_job = max(used, default=-1) + 1
             batch = []
-            for _ in range(min(self.n_jobs, to_go)):
+            for _ in range(min(size, to_go)):
                 trial = retry_locked(study.ask)
                 for name, distribution in space.items():
                     retry_locked(suggest, trial, name, distribution)
@@ -364,8 +383,6 @@ class OptunaSweeperImpl(Sweeper):
 
     # ------------------------------------------------------------------ sweep
     def sweep(self, arguments: list[str]) -> Any:
-        from optuna.trial import TrialState
-
         assert self.config is not None and self.launcher is not None
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
@@ -376,18 +393,41 @@ class OptunaSweeperImpl(Sweeper):
         log.info("Optuna: study %r in %s; %d of %d trials done; searching %s", study.study_name,
                  storage, self._finished(study), self.n_trials,
                  ", ".join(f"{k}: {v}" for k, v in space.items()) or "nothing")
-        failures: list[BaseException] = []
-        launched, waiting = 0, False
-        while True:
-            batch, running = self._ask(study, space, fixed)
+        self._failures: list[BaseException] = []
+        self._launched, self._tally, self._stop = 0, threading.Lock(), threading.Event()
+        if self.n_jobs > 1 and type(self.launcher).__name__ != "BasicLauncher":
+            # A launcher that runs jobs in other processes: n_jobs slots of one trial each, so
+            # that a slot starts its next trial as soon as its last one ends, instead of every
+            # batch waiting for its slowest trial (as Optuna's own optimize(n_jobs) does).
+            slots = [_Slot(self._run_slot, self._stop, study, space, fixed, 1)
+                     for _ in range(self.n_jobs)]
+            for slot in slots:
+                slot.start()
+            for slot in slots:
+                slot.join()
+            errors = [slot.error for slot in slots if slot.error is not None]
+            if errors:
+                raise errors[0]
+        else:
+            self._run_slot(study, space, fixed, self.n_jobs)
+        self._save_results(study)
+        return study
+
+    def _run_slot(self, study, space: dict, fixed: dict, size: int) -> None:
+        """Asks for `size` trials at a time, launches them, tells their results; until the
+        study holds n_trials finished trials (waiting for the ones others still run)."""
+        from optuna.trial import TrialState
+
+        waiting = False
+        while not self._stop.is_set():
+            batch, running = self._ask(study, space, fixed, size)
             if not batch:
                 if not running:
-                    break
+                    return
                 if not waiting:
-                    log.info("Optuna: waiting for %d trial(s) other sweepers are running",
-                             running)
+                    log.info("Optuna: waiting for %d running trial(s) to finish", running)
                 waiting = True
-                time.sleep(min(2.0, self.heartbeat_interval))
+                self._stop.wait(min(1.0, self.heartbeat_interval))
                 continue
             waiting = False
             try:
@@ -398,22 +438,26 @@ class OptunaSweeperImpl(Sweeper):
                 raise
             with _Heartbeat([trial for trial, _ in batch], self.heartbeat_interval):
                 returns = self._launch(batch)
-            launched += len(returns)
+            failed = []
             for (trial, _), ret in zip(batch, returns):
                 try:
                     value = ret.return_value  # raises the job's exception if it failed
                     values = self._values(value)
                 except Exception as error:  # noqa: BLE001 - a failed trial, told to the study
                     retry_locked(study.tell, trial, state=TrialState.FAIL)
-                    failures.append(error)
+                    failed.append(error)
                     log.warning("Optuna: trial %d failed: %s", trial.number, error)
                     continue
                 retry_locked(study.tell, trial, values)
                 log.info("Optuna: trial %d: %s -> %s", trial.number, dict(trial.params), values)
-            if failures and len(failures) / max(launched, 1) > self.max_failure_rate:
-                raise failures[0]
-        self._save_results(study)
-        return study
+            with self._tally:
+                self._launched += len(returns)
+                self._failures += failed
+                too_many = self._failures and \
+                    len(self._failures) / max(self._launched, 1) > self.max_failure_rate
+            if too_many:
+                self._stop.set()
+                raise self._failures[0]
 
     def _launch(self, batch) -> list:
         """Launches trials; a job number out of sequence (a re-run) gets a launch of its own."""
