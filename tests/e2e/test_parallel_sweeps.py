@@ -79,6 +79,8 @@ from pipelines.sweeper import optuna_sweeper  # noqa: F401
 @hydra.main(version_base="1.3", config_path=".", config_name="config")
 def main(cfg):
     time.sleep(float(os.environ.get("TRIAL_SECONDS", "0")))
+    if os.environ.get("FAIL"):
+        raise ValueError(f"trial with x={cfg.x} failed")
     with open(os.path.join(HydraConfig.get().runtime.output_dir, "ran"), "a") as f:
         f.write(f"{os.getpid()} {cfg.x}\\n")
     return -(cfg.x - 1.0) ** 2
@@ -141,6 +143,19 @@ def test_two_sweepers_started_together_run_n_trials_in_all_none_twice(tmp_path):
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert len(study.trials) == 8
     assert all(len((sweep / str(j) / "ran").read_text().splitlines()) == 1 for j in range(8))
+
+
+def test_a_failing_parallel_trial_stops_the_sweep_and_leaves_nothing_running(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "config.yaml").write_text(textwrap.dedent(CONFIG))
+    sweep = tmp_path / "sweep"
+    result = _run(["app.py", "-m", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                  env={**_env(), "FAIL": "1", "TRIAL_SECONDS": "0.5"})
+    assert result.returncode != 0 and "trial with x=" in result.stderr
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    # max_failure_rate=0: the first failure stops both slots once their trial is told
+    assert 1 <= len(study.trials) <= 2
+    assert {t.state.name for t in study.trials} == {"FAIL"}
 
 
 def test_two_processes_write_one_sqlite_mlflow_store_at_once_and_lose_nothing(tmp_path):
