@@ -167,6 +167,22 @@ def test_two_processes_write_one_sqlite_mlflow_store_at_once_and_lose_nothing(tm
     assert counts == {"parent runs": (1, 1), "child runs under it, FINISHED": (10, 10),
                       "metric values": (150, 150), "runs in the experiment": (11, 11)}
 
+    # Jobs of the same study in another sweep dir (another machine) find that parent by its
+    # sweep_study tag; another study, or a plain multirun, gets its own.
+    import mlflow
+
+    from pipelines.tracking import sweep_parent_run
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("concurrent_writers").experiment_id
+    parent = (tmp_path / "sweep" / "mlflow_parent_run_id").read_text()
+    assert sweep_parent_run(client, experiment, tmp_path / "node-b", "toy", study="toy.0123") \
+        == parent == (tmp_path / "node-b" / "mlflow_parent_run_id").read_text()
+    other = sweep_parent_run(client, experiment, tmp_path / "node-c", "toy", study="toy.4567")
+    plain = sweep_parent_run(client, experiment, tmp_path / "node-d", "toy")
+    assert len({parent, other, plain}) == 3
+    assert client.get_run(other).data.tags["sweep_study"] == "toy.4567"
+
 
 # ----------------------------------------------------------------------------- the real CLI
 @pytest.mark.slow
