@@ -7,7 +7,7 @@ ids 0-3 reserved, cased. Timed, per language:
 
 - wordpiece: `pipelines.tasks.generation.learn_wordpiece` (keras-hub
   `compute_word_piece_vocabulary`, then the `WordPieceTokenizer` over it);
-- sentencepiece: `SentencePieceTokenizer` (the `sentencepiece` unigram trainer, then the
+- sentencepiece: `SentencePieceTokenizer` (the `sentencepiece` BPE trainer, then the
   tensorflow-text tokenizer over the model), the median of `--rounds` runs.
 
 A time is the sum over the languages. For the output it also prints, on the validation text:

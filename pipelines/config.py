@@ -109,7 +109,7 @@ class SentimentTask(TaskConfig):
 
 class TranslationTokenizer(str, enum.Enum):
     wordpiece = "wordpiece"  # keras-hub WordPiece (pieces joined by spaces: "T - Shirt")
-    sentencepiece = "sentencepiece"  # SentencePiece unigram, reversible ("T-Shirt")
+    sentencepiece = "sentencepiece"  # SentencePiece BPE, reversible ("T-Shirt")
 
 
 @dataclass
@@ -187,7 +187,7 @@ class SegmentationTask(TaskConfig):
 class CaptionTokenizer(str, enum.Enum):
     word = "word"  # TextVectorization: core TF ops only
     wordpiece = "wordpiece"  # keras-hub WordPiece: loading needs tensorflow_text
-    sentencepiece = "sentencepiece"  # SentencePiece unigram, reversible; needs tensorflow_text
+    sentencepiece = "sentencepiece"  # SentencePiece BPE, reversible; needs tensorflow_text
 
 
 class CaptionSampling(str, enum.Enum):

@@ -4,7 +4,7 @@ token statistics, decoding through `EncoderDecoder.generate`, and per-epoch vali
 
 Target tokenizers reserve ids 0-3 for padding, unknown, start and end: `WordPieceTokenizer`
 (subwords learned with keras-hub's WordPiece trainer; loading the export needs
-`import tensorflow_text`), `SentencePieceTokenizer` (a unigram model trained by the compiled
+`import tensorflow_text`), `SentencePieceTokenizer` (a BPE model trained by the compiled
 `sentencepiece` library in seconds, served by tensorflow-text's `SentencepieceTokenizer`; it
 keeps the whitespace, so its output reads as written: "T-Shirt", "Hut.") and `WordTokenizer`
 (whole words from a `TextVectorization` vocabulary, core TF ops only). All give ragged ids in
@@ -123,9 +123,12 @@ class WordTokenizer:
 
 # SentencePiece's trainer: its control symbols are our reserved tokens at ids 0-3; the identity
 # normalisation and kept whitespace make detokenize(tokenize(s)) == s (NFKC would rewrite
-# characters such as a no-break space, which the Multi30k validation text has).
+# characters such as a no-break space, which the Multi30k validation text has). BPE rather than
+# the unigram model: on Multi30k it trained 10x faster here with fewer tokens per sentence
+# (14.6 vs 15.4 for German at 8,000), and on a tiny corpus unigram stops at a few dozen
+# pieces, mostly letters, where BPE keeps the words.
 SENTENCEPIECE_OPTIONS = dict(
-    model_type="unigram", normalization_rule_name="identity", remove_extra_whitespaces=False,
+    model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False,
     character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece=PAD,
     unk_piece=UNK, bos_piece=START, eos_piece=END,
     hard_vocab_limit=False,  # a small corpus gets the pieces it has, not an error
@@ -157,7 +160,7 @@ def learn_sentencepiece(texts: list[str], vocabulary_size: int) -> bytes:
 
 
 class SentencePieceTokenizer:
-    """Subwords of a SentencePiece unigram model learned on the training texts, served in the
+    """Subwords of a SentencePiece BPE model learned on the training texts, served in the
     graph by `tensorflow_text.SentencepieceTokenizer` (loading the export needs
     `import tensorflow_text`); the model proto lives inside that tokenizer's resource, so
     the export carries it. Reversible: `detokenize(tokenize(s)) == s` for text whose characters

@@ -63,6 +63,15 @@ def test_sentencepiece_reserves_ids_0_to_3_and_gives_back_the_written_text():
     assert tokenizer.detokenize(tf.ragged.constant([ids])).numpy()[0] == b"Ein Mann im T-Shirt."
 
 
+def test_a_tiny_corpus_keeps_its_words_as_pieces():
+    """BPE: 4 sentences give one piece per word (the unigram model gave mostly letters)."""
+    texts = ["le chat rouge voit un chien", "un grand chien court", "le petit oiseau chante",
+             "mon chat mange poisson"] * 8
+    tokenizer = SentencePieceTokenizer(texts, 4000, lowercase=False)
+    assert tokenizer.tokenize(texts[:1]).row_lengths().numpy().tolist() == [6]
+    assert _round_trip(tokenizer, texts[:4]) == texts[:4]
+
+
 def test_lowercase_sentencepiece_lowers_in_the_graph_and_round_trips_lower_text():
     tokenizer = SentencePieceTokenizer(_written(200), 200, lowercase=True)
     assert _round_trip(tokenizer, ["Ein Mann im T-Shirt."]) == ["ein mann im t-shirt."]
