@@ -385,7 +385,10 @@ class OptunaSweeperImpl(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        # Several sweepers of one study write it: atomically, so that a job never reads half.
+        partial = self.sweep_dir / f".multirun.yaml.{os.getpid()}"
+        OmegaConf.save(self.config, partial)
+        os.replace(partial, self.sweep_dir / "multirun.yaml")
         space, fixed = self.search_space(arguments)
         study, storage = self._study()
         self.worker = f"{socket.gethostname()}:{_process_id(os.getpid())}"
