@@ -24,6 +24,8 @@ CONLL_TRAIN = {"train": "ner/conll2003/train.txt"}
 DRIVE = {"train": "semantic_segmentation/drive/training"}
 COCO = {split: f"image_captioning/coco2017_mini/annotations/captions_{name}2017_mini.json"
         for split, name in (("train", "train"), ("validation", "val"))}
+COCO_IMAGE_TEXT = {"train": COCO["train"],
+                   "test": "image_captioning/coco2017_mini/annotations/captions_val2017_mini.json"}
 # name -> (task, model, data files)
 EXPECTED = {
     "multi30k_transformer": ("translation", "transformer", MULTI30K),
@@ -36,6 +38,8 @@ EXPECTED = {
     "mnist_vit": ("image_classification", "vit", MNIST_FOLDERS),
     "drive_unet": ("segmentation", "unet", DRIVE),
     "coco_mini_captioning": ("captioning", "gru", COCO),
+    "coco_mini_image_text": ("image_text", "cnn", COCO_IMAGE_TEXT),
+    "scenes_zero_shot": ("image_text", "cnn", {}),
     "lm_multi30k_en": ("language_modeling", "transformer",
                        {split: f"{path}.en.gz" for split, path in MULTI30K.items()}),
     "sst2_masked_lm": ("masked_lm", "transformer", SST2_PHRASES),
@@ -48,6 +52,7 @@ EXPECTED = {
 # Fine-tuned from the run of a pretraining experiment (model.init_from=outputs/<that name>).
 PRETRAINED_FROM = {"sst2_pretrained": "sst2_masked_lm", "conll2003_pretrained": "conll2003_masked_lm"}
 WITHOUT_PRETRAINING_RUN = ("model.init_from=null", "trainer.freeze_epochs=0")
+GENERATED = {"scenes_zero_shot"}  # data=synthetic: no files, no data_root
 MNIST = {"mnist_cnn", "mnist_vit"}  # image folders converted from IDX: `mnist_dir`, not data_root
 METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"},
            "sentiment": {"accuracy", "macro_f1"},
@@ -56,7 +61,13 @@ METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"}
            "segmentation": {"mean_iou", "pixel_accuracy", "dice", "f1", "auc"},
            "captioning": {"bleu4", "bleu1"},
            "language_modeling": {"perplexity", "bits_per_token"},
-           "masked_lm": {"masked_accuracy", "perplexity"}}
+           "masked_lm": {"masked_accuracy", "perplexity"},
+           "image_text": {f"{way}_recall_at_{k}" for way in ("image_to_text", "text_to_image")
+                          for k in (1, 5, 10)}}
+# Experiments whose metrics differ from their task's default set.
+EXPERIMENT_METRICS = {"scenes_zero_shot": METRICS["image_text"] | {
+    "zero_shot_harmonic", "zero_shot_unseen", "zero_shot_seen", "zero_shot_unseen_images",
+    "zero_shot_accuracy", "zero_shot_images"}}
 
 
 def _compose(name, *overrides):
@@ -87,13 +98,16 @@ def test_composes_into_its_task_model_and_files(name):
         assert pretraining.hydra.run.dir == f"outputs/{PRETRAINED_FROM[name]}"
     cfg = _compose(name, *(WITHOUT_PRETRAINING_RUN if name in PRETRAINED_FROM else ()))
     check(cfg)
+    if name in GENERATED:
+        assert (cfg.task.name, cfg.model.name, cfg.data.source.value) == (task, model, "synthetic")
+        return
     assert (cfg.task.name, cfg.model.name, cfg.data.source.value) == (task, model, "files")
     base = "data/mnist" if name in MNIST else "../shared/data"
     assert OmegaConf.select(cfg, _base_key(name)) == base
     assert _paths(cfg) == {key: f"{base}/{path}" for key, path in files.items()}
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - GENERATED))
 def test_one_key_moves_every_data_path(name):
     cfg = _compose(name, f"{_base_key(name)}=/somewhere/else")
     assert _paths(cfg) and all(p.startswith("/somewhere/else/") for p in _paths(cfg).values())
@@ -114,7 +128,7 @@ def _translation_files(prefix: pathlib.Path, cfg) -> list[pathlib.Path]:
             for lang in (cfg.data.source_lang, cfg.data.target_lang)]
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - MNIST))
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - MNIST - GENERATED))
 def test_data_files_exist_in_shared_data(name, shared_data):
     root = shared_data(".")  # skips with a reason where ../shared/data is absent
     cfg = _compose(name, f"data_root={root.resolve()}")
@@ -168,7 +182,7 @@ def test_smoke_runs_on_the_real_data(name, shared_data, tmp_path):
 
     root = shared_data(".")
     base = (f"mnist_dir={_mnist_folders(tmp_path / 'mnist')}" if name in MNIST
-            else f"data_root={root.resolve()}")
+            else "data.limit=128" if name in GENERATED else f"data_root={root.resolve()}")
     pretraining = []
     if name in PRETRAINED_FROM:  # the two documented commands: pretraining, then fine-tuning
         pretraining_cfg = _compose(PRETRAINED_FROM[name], "debug=smoke", "logger=none", base)
@@ -185,6 +199,6 @@ def test_smoke_runs_on_the_real_data(name, shared_data, tmp_path):
         result = execute(cfg, tmp_path / "run")
     finally:
         keras.backend.clear_session()
-    assert set(result.metrics) == METRICS[cfg.task.name]
+    assert set(result.metrics) == EXPERIMENT_METRICS.get(name, METRICS[cfg.task.name])
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
