@@ -323,18 +323,20 @@ def test_export_serves_the_same_text_in_a_fresh_process(strategy, tmp_path):
 def test_perplexity_falls_on_the_generated_corpus(model, tmp_path):
     from pipelines.run import execute
 
-    size = (["model.hidden_dim=64", "model.intermediate_dim=128"] if model == "transformer"
-            else ["model.units=64", "model.embedding_dim=64"])
+    size = (["model.hidden_dim=64", "model.intermediate_dim=128", "trainer.steps_per_epoch=40"]
+            if model == "transformer" else
+            ["model.units=64", "model.embedding_dim=64", "trainer.steps_per_epoch=100"])
     cfg = _cfg(f"model={model}", *size, "data.num_train=3000", "data.num_validation=200",
-               "data.num_test=200", "trainer.epochs=3", "trainer.steps_per_epoch=40",
-               "trainer.batch_size=32", "trainer.learning_rate=0.003")
+               "data.num_test=200", "trainer.epochs=3", "trainer.batch_size=32",
+               "trainer.learning_rate=0.003")
     result = execute(cfg, tmp_path)
     history = json.loads((tmp_path / "checkpoints" / "trainer_state.json").read_text())["history"]
     losses = [epoch["val_token_loss"] for epoch in history]
     assert losses == sorted(losses, reverse=True), losses  # falls every epoch
     vocabulary = result.task.tokenizer.vocabulary_size()
-    # Untrained, the perplexity is about the vocabulary size; 120 steps learn the grammar's
-    # word classes (measured: transformer 87 of a vocabulary of ~430).
+    # Untrained, the perplexity is about the vocabulary size; a few hundred steps learn the
+    # grammar's word classes (measured: transformer 87 after 120 steps, gru 71 after 300,
+    # of a vocabulary of 401).
     assert result.metrics["perplexity"] < vocabulary / 3, (result.metrics, vocabulary)
     assert json.loads((tmp_path / "metrics.json").read_text()) == result.metrics
     samples = json.loads((tmp_path / "samples.json").read_text())
