@@ -17,6 +17,7 @@ EXPERIMENTS_DIR = REPO / "conf" / "experiment"
 # The data files of each data set, relative to `data_root` (`mnist_dir` for MNIST).
 MULTI30K = {"train": "translation/multi30k_en_de/train", "test": "translation/multi30k_en_de/val"}
 CONLL = {"train": "ner/conll2003/train.txt", "test": "ner/conll2003/valid.txt"}
+WNUT17 = {"train": "ner/wnut17/wnut17train.conll", "test": "ner/wnut17/emerging.dev.conll"}
 SST2 = {"train": "sentiment/sst2/stsa.binary.train", "test": "sentiment/sst2/stsa.binary.dev"}
 MNIST_FOLDERS = {"train": "train", "test": "test"}
 SST2_PHRASES = {"train": "sentiment/sst2/glue_sst2_train_phrases.tsv"}
@@ -32,6 +33,7 @@ EXPECTED = {
     "multi30k_gru_attention": ("translation", "gru", MULTI30K),
     "conll2003_bilstm": ("ner", "lstm", CONLL),
     "conll2003_transformer": ("ner", "transformer", CONLL),
+    "wnut17_bilstm": ("ner", "lstm", WNUT17),
     "sst2_lstm": ("sentiment", "lstm", SST2),
     "sst2_transformer": ("sentiment", "transformer", SST2),
     "mnist_cnn": ("image_classification", "cnn", MNIST_FOLDERS),
