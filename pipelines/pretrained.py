@@ -118,9 +118,6 @@ def check_init_from(cfg: DictConfig) -> None:
                               "model.init_from, which is not set: add model.init_from=RUN_DIR "
                               "or drop trainer.freeze_epochs")
         return
-    if freeze >= cfg.trainer.epochs:
-        raise ConfigError(f"trainer.freeze_epochs={freeze} leaves no epoch to fine-tune the "
-                          f"copied layers (trainer.epochs={cfg.trainer.epochs}); make it smaller")
     if cfg.task.name not in FINE_TUNING_TASKS:
         raise InitFromError(
             f"model.init_from fine-tunes the text encoder of task={', '.join(FINE_TUNING_TASKS)}; "
@@ -307,7 +304,7 @@ class FreezeHook(Hook):
         trainer.rebuild_steps()
 
     def on_train_begin(self, trainer):
-        if trainer.state.epoch < self.epochs:
+        if trainer.state.epoch < self.epochs:  # epochs >= trainer.epochs: a linear probe
             log.info("freeze_epochs: training only the head for %d epochs", self.epochs)
             self._set(trainer, False)
 
