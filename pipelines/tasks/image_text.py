@@ -16,7 +16,9 @@ Raw examples are (image, captions) from the `image_captions` readers (generated 
 JSON, Flickr8k tokens). A training batch is B images and B captions, one random caption of
 each image per visit; the loss is symmetric InfoNCE per example (B,): the mean of the
 image->text and text->image cross-entropies, where identical captions in a batch count as
-matches of each other (generated scenes repeat "one shape on a noisy background").
+matches of each other (generated scenes repeat "one shape on a noisy background"). Under
+a `distribute=` strategy the negatives are those of each replica's share of the batch (no
+all-gather across replicas, unlike CLIP's large-batch training).
 
 Zero-shot: every image is classified against `task.prompt` filled with each of
 `task.labels` ("a photo of a {}"). The truth of an image: on generated scenes its largest
@@ -110,6 +112,9 @@ class DualEncoder(keras.Model):
 
     def __init__(self, image_tower, text_tower, temperature: float = 0.07,
                  max_logit_scale: float = 100.0, **kwargs):
+        # The logit scale and the similarities stay float32 under mixed precision (the
+        # towers compute in their own policy and end in float32 projections).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not 0.0 < temperature or not 1.0 / temperature <= max_logit_scale:
             raise ValueError(f"task.temperature must be > 0 with 1 / temperature <= "

