@@ -142,6 +142,8 @@ class LanguageModelingTask(TaskConfig):
     sequence_length: int = 64  # the context: tokens per training window and for generation
     vocabulary_size: int = 4000  # WordPiece vocabulary, learned on the training text
     lowercase: bool = False
+    # wordpiece (detokenized by rules, see language_modeling.py) or sentencepiece (exact)
+    tokenizer: TranslationTokenizer = TranslationTokenizer.wordpiece
     documents: Documents = Documents.blank_lines  # what one [START] ... [END] document is
     num_samples: int = 20  # generations from evaluation lines written to samples.json
     prompt_words: int = 4  # the first words of an evaluation line as a sample's prompt

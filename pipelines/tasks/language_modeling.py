@@ -3,8 +3,9 @@
 
 Text (`reader: text_lines`): one text per line; `task.documents=blank_lines` joins the lines
 up to a blank line into one document (`lines`: every line is a document). Tokens are
-subwords of a WordPiece vocabulary learned on the training text (`task.vocabulary_size`;
-keras-hub's trainer, ids 0-3 `[PAD] [UNK] [START] [END]`). Every document becomes
+subwords of a vocabulary learned on the training text (`task.vocabulary_size`, ids 0-3
+`[PAD] [UNK] [START] [END]`): `task.tokenizer=wordpiece` (keras-hub's WordPiece trainer, the
+default) or `sentencepiece` (SentencePiece BPE, exactly reversible). Every document becomes
 `[START] tokens... [END]`, the documents of a split are concatenated into one stream, and the
 stream is cut into non-overlapping windows of `task.sequence_length + 1` tokens: the model
 reads the first `sequence_length` of a window and predicts each next one (static shapes,
@@ -27,12 +28,13 @@ stateless `decode.seed` (so an export gives the same text for the same batch eve
 graph prints a line saying so (to stderr, `tf.print`).
 
 Export: `serving_default(prompt: string [batch]) -> text: string [batch]`, the prompt (as
-kept) followed by its continuation, detokenized: WordPiece pieces joined ("##"), words
+kept) followed by its continuation, detokenized. SentencePiece gives the text back as
+written. WordPiece is detokenized by rules: pieces joined ("##"), words
 separated by one space, no space before closing punctuation, after opening brackets, inside
 a pair of double quotes or around an apostrophe or hyphen between letters ('a man's T-shirt
 says "hi".'): 1,011 of the 1,014 Multi30k validation captions come back exactly (not
 "J.P." -> "J. P.", "4' in" -> "4'in", "now ... what" -> "now... what"), none with [UNK]. Loading needs
-`import tensorflow_text` (WordPiece ops).
+`import tensorflow_text` (WordPiece and SentencePiece ops).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ from pipelines.config import option_value
 from pipelines.data import Splits
 from pipelines.data.files import DataFileError
 from pipelines.tasks.base import Task, plain
-from pipelines.tasks.generation import RESERVED, WordPieceTokenizer
+from pipelines.tasks.generation import RESERVED, learn_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,9 @@ class LanguageModeling(Task):
         cfg = self.task_cfg
         self.length = int(cfg.sequence_length)
         texts = list(splits.train[0])
-        self.tokenizer = WordPieceTokenizer(texts, int(cfg.vocabulary_size), bool(cfg.lowercase))
+        self.tokenizer_kind = option_value(cfg.get("tokenizer", "wordpiece"))
+        self.tokenizer = learn_tokenizer(self.tokenizer_kind, texts, int(cfg.vocabulary_size),
+                                         bool(cfg.lowercase))
         self.start_id, self.end_id = self.tokenizer.start_id, self.tokenizer.end_id
         decode = self.decode_cfg
         self.max_new_tokens = int(decode.max_length or self.length // 2)
@@ -241,7 +245,7 @@ class LanguageModeling(Task):
         """ids (B, L) -> readable strings (B,), special tokens dropped."""
         ids = tf.cast(ids, tf.int32)
         words = self.tokenizer.detokenize(tf.ragged.boolean_mask(ids, ids >= len(RESERVED)))
-        return readable(words)
+        return readable(words) if self.tokenizer_kind == "wordpiece" else words
 
     def serving_fn(self, model):
         @plain  # no AutoGraph: it re-reads the tokenizer's source, which may have changed

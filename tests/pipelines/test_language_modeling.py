@@ -230,6 +230,16 @@ def test_readable_text_joins_pieces_and_punctuation():
     assert task.detokenize(ids.to_tensor()).numpy()[0].decode() == "a man in a blue shirt."
 
 
+def test_sentencepiece_gives_the_text_back_as_written():
+    task = _task("gru", "task.tokenizer=sentencepiece", "decode.strategy=greedy",
+                 "decode.max_length=4", texts=TEXTS + ['a man\'s t-shirt says "hi" (twice).'] * 4)
+    text = 'a man\'s t-shirt says "hi" (twice).'
+    ids = task.tokenizer.tokenize(tf.constant([text])).to_tensor()
+    assert task.detokenize(ids).numpy()[0].decode() == text
+    generated = task.generate(task.build_model(), ["a dog runs"])[0]
+    assert generated.startswith("a dog runs") and len(generated) > len("a dog runs")
+
+
 def test_gzip_files_and_lists_of_files_are_one_corpus(tmp_path):
     import gzip
 
@@ -305,9 +315,13 @@ def _serve_in_fresh_process(saved_model, prompts):
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
-@pytest.mark.parametrize("strategy", ["greedy", pytest.param("top_p", marks=pytest.mark.slow)])
-def test_export_serves_the_same_text_in_a_fresh_process(strategy, tmp_path):
-    task = _task("transformer", f"decode.strategy={strategy}", "decode.max_length=8")
+@pytest.mark.parametrize("overrides", [
+    ["decode.strategy=greedy"],
+    pytest.param(["decode.strategy=top_p"], marks=pytest.mark.slow),
+    pytest.param(["decode.strategy=greedy", "task.tokenizer=sentencepiece"],
+                 marks=pytest.mark.slow)])
+def test_export_serves_the_same_text_in_a_fresh_process(overrides, tmp_path):
+    task = _task("transformer", *overrides, "decode.max_length=8")
     network = task.build_model()
     task.export(network, str(tmp_path / "saved_model"))
     prompts = ["a dog runs", "", " ".join(TEXTS[:3])]  # an empty one, and one cut
