@@ -29,11 +29,14 @@ def _cfg(*overrides):
                                             *overrides])
 
 
-def _toy_task(*overrides):
+SMALL = {"lstm": ("model.units=8", "model.embedding_dim=8"),
+         "transformer": ("model.hidden_dim=8", "model.intermediate_dim=8", "model.num_heads=2")}
+
+
+def _toy_task(*overrides, model="lstm"):
     tokens = [["john", "lives", "in", "new", "york"], ["acme", "corp", "hired", "mary"]]
     tags = [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["B-ORG", "I-ORG", "O", "B-PER"]]
-    task = build_task(_cfg("model=lstm", "model.units=8", "model.embedding_dim=8", "task.max_length=6",
-                    *overrides))
+    task = build_task(_cfg(f"model={model}", *SMALL[model], "task.max_length=6", *overrides))
     splits = Splits((tokens * 4, tags * 4), (tokens, tags))
     task.adapt(splits)
     return task, splits
@@ -52,15 +55,20 @@ def test_targets_mark_padding_and_loss_ignores_it(overrides):
     np.testing.assert_allclose(task.loss(y, logits).numpy(), task.loss(y, changed).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [(), CHARS_CRF + ("task.case_features=true",),
-                                       ("model.char_features=lstm", "model.char_filters=3")])
-def test_padding_never_changes_a_prediction(overrides):
-    task, _ = _toy_task(*overrides)
-    model = task.build_model()
-    alone = task.predict_tags(model, [["mary", "lives"]])
-    together = task.predict_tags(model, [["mary", "lives"], ["john", "in", "new", "york", "acme", "corp"]])
+@pytest.mark.parametrize("model,overrides", [
+    ("lstm", ()), ("lstm", CHARS_CRF + ("task.case_features=true",)),
+    ("lstm", ("model.char_features=lstm", "model.char_filters=3")),
+    ("transformer", CHARS_CRF + ("task.case_features=true",))])
+def test_padding_never_changes_a_prediction(model, overrides):
+    task, _ = _toy_task(*overrides, model=model)
+    tagger = task.build_model()
+    alone = task.predict_tags(tagger, [["mary", "lives"]])
+    together = task.predict_tags(tagger, [["mary", "lives"], ["john", "in", "new", "york", "acme", "corp"]])
     assert alone[0] == together[0]
-    assert len(task.predict_tags(model, [["w"] * 9])[0]) == 9  # longer than max_length: O-filled
+    assert len(task.predict_tags(tagger, [["w"] * 9])[0]) == 9  # longer than max_length: O-filled
+    short = tagger(task.features(tf.constant([["mary", "lives"]]))).numpy()
+    padded = tagger(task.features(tf.constant([["mary", "lives", "", "", "", ""]]))).numpy()
+    np.testing.assert_allclose(short, padded[:, :2], atol=1e-5)  # the scores, not only the tags
 
 
 def test_word_features_are_computed_from_the_raw_words():
