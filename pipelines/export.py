@@ -36,7 +36,7 @@ def serve_in_process(task, model: keras.Model, inputs,
         serve, specs = task.serving_fn(model), task.serving_signature()
     else:
         serve, specs = task.extra_signatures(model)[signature]
-    fn = tf.function(serve, input_signature=specs, reduce_retracing=True)
+    fn = tf.function(serve, input_signature=specs, reduce_retracing=True, autograph=False)
     if isinstance(inputs, dict):
         args = [tf.constant(inputs[spec.name], spec.dtype) for spec in specs]
     else:

@@ -149,7 +149,7 @@ class ImageClassification(Task):
         ds = ds.map(lambda x: resize(x, size))
         forward = tf.function(lambda x: tf.nn.softmax(tf.cast(model(x, training=False),
                                                               tf.float32)),
-                              reduce_retracing=True)
+                              reduce_retracing=True, autograph=False)
         out = [forward(x).numpy() for x in ds]
         return np.concatenate(out) if out else np.zeros((0, len(self.label_names)), np.float32)
 

@@ -91,7 +91,8 @@ class Sentiment(Task):
 
     def predict_ids(self, model, texts, batch_size=256) -> np.ndarray:
         ds = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size).map(self.vectorizer)
-        forward = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
+        forward = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True,
+                              autograph=False)
         logits = np.concatenate([forward(ids).numpy() for ids in ds])
         return logits.argmax(-1)
 

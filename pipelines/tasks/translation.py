@@ -68,7 +68,7 @@ class Translation(GenerationTask):
         return translate
 
     def translate(self, model, texts: list[str], batch_size: int = 128) -> list[str]:
-        fn = tf.function(self.serving_fn(model), reduce_retracing=True)
+        fn = tf.function(self.serving_fn(model), reduce_retracing=True, autograph=False)
         out = []
         for start in range(0, len(texts), batch_size):
             batch = tf.constant(texts[start:start + batch_size])
@@ -98,8 +98,9 @@ class Translation(GenerationTask):
 
         directory.mkdir(parents=True, exist_ok=True)
         sources = list(splits.validation[0][:3])
-        source_ids = tf.function(self.encode_source)(tf.constant(sources))  # (B, S)
-        output_ids = tf.function(lambda ids: self.generate_ids(model, ids))(source_ids)  # (B, L)
+        source_ids = tf.function(self.encode_source, autograph=False)(tf.constant(sources))  # (B, S)
+        output_ids = tf.function(lambda ids: self.generate_ids(model, ids),
+                                 autograph=False)(source_ids)  # (B, L)
         start = tf.fill([len(sources), 1], self.start_id)
         target_in = tf.concat([start, tf.cast(output_ids[:, :-1], tf.int32)], axis=1)
         target_in = tf.pad(target_in, [[0, 0], [0, self.target_length - target_in.shape[1]]])
