@@ -116,7 +116,7 @@ class TranslationTokenizer(str, enum.Enum):
 class TranslationTask(TaskConfig):
     source_length: int = 32
     target_length: int = 32
-    tokenizer: TranslationTokenizer = TranslationTokenizer.wordpiece
+    tokenizer: TranslationTokenizer = TranslationTokenizer.sentencepiece
     vocabulary_size: int = 4000
     vocabulary_sample: Optional[int] = 1_000_000  # lines (seeded sample) a vocabulary learns on
     lowercase: bool = False
