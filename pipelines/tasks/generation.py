@@ -159,6 +159,36 @@ def learn_sentencepiece(texts: list[str], vocabulary_size: int) -> bytes:
     return model.getvalue()
 
 
+# tensorflow-text's SentencePiece resource is private to its kernel by default (seen with
+# 2.21, both tested):
+# - `tf.random.set_seed` (keras.utils.set_random_seed) clears the eager kernel cache, and with
+#   the kernel the resource: "Resource ..._SentencepieceOp... does not exist" afterwards;
+# - two unnamed tokenizers of one export (source and target) load as one: both run one model.
+# So the resource gets a shared name, the hash of the model (same model, same resource), and
+# the process keeps one tokenizer per model.
+_SENTENCEPIECE_SERVERS: dict[str, object] = {}
+
+
+def _sentencepiece_server(model: bytes):
+    """The process's `tensorflow_text.SentencepieceTokenizer` of this serialized model."""
+    import tensorflow_text
+    from tensorflow_text.python.ops import sentencepiece_tokenizer as tf_text_sentencepiece
+
+    class SharedModel(tf_text_sentencepiece._SentencepieceModelResource):
+        def _create_resource(self):
+            with tf.name_scope(self._name):
+                return tf_text_sentencepiece.gen_sentencepiece_tokenizer.sentencepiece_op(
+                    model=self._model, shared_name=self._name)
+
+    name = "sentencepiece_" + hashlib.sha1(model).hexdigest()[:16]
+    if name not in _SENTENCEPIECE_SERVERS:
+        tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32,
+                                                           name=name)
+        tokenizer._model_resource = SharedModel(model, name)
+        _SENTENCEPIECE_SERVERS[name] = tokenizer
+    return _SENTENCEPIECE_SERVERS[name]
+
+
 class SentencePieceTokenizer:
     """Subwords of a SentencePiece BPE model learned on the training texts, served in the
     graph by `tensorflow_text.SentencepieceTokenizer` (loading the export needs
@@ -171,7 +201,6 @@ class SentencePieceTokenizer:
 
     def __init__(self, texts: list[str], vocabulary_size: int, lowercase: bool):
         import sentencepiece
-        import tensorflow_text
 
         self.lowercase = lowercase
         if lowercase:  # the graph's own lower-casing, so that training and serving agree
@@ -179,12 +208,7 @@ class SentencePieceTokenizer:
         self.model = learn_sentencepiece(texts, vocabulary_size)
         processor = sentencepiece.SentencePieceProcessor(model_proto=self.model)
         self.vocabulary = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
-        # Named by the model's content: two tokenizers of one export (source and target) must
-        # differ in name, else a loading process runs both with one model (tensorflow-text's
-        # kernel-owned resource; seen with 2.21, tested).
-        name = "sentencepiece_" + hashlib.sha1(self.model).hexdigest()[:16]
-        self.tokenizer = tensorflow_text.SentencepieceTokenizer(model=self.model,
-                                                                out_type=tf.int32, name=name)
+        self.tokenizer = _sentencepiece_server(self.model)
 
     def _lower(self, texts):
         return tf.strings.lower(texts, encoding="utf-8") if self.lowercase else texts

@@ -72,6 +72,20 @@ def test_a_tiny_corpus_keeps_its_words_as_pieces():
     assert _round_trip(tokenizer, texts[:4]) == texts[:4]
 
 
+def test_a_tokenizer_survives_set_random_seed_and_a_twin():
+    """tf.random.set_seed clears TF's eager kernels; tensorflow-text's resource was private
+    to its kernel and went with it. A second tokenizer of the same model serves too."""
+    texts = _written(100)
+    tokenizer = SentencePieceTokenizer(texts, 150, lowercase=False)
+    expected = tokenizer.tokenize(texts[:3]).to_list()
+    tf.random.set_seed(0)
+    twin = SentencePieceTokenizer(texts, 150, lowercase=False)
+    tf.random.set_seed(1)
+    assert tokenizer.tokenize(texts[:3]).to_list() == expected == twin.tokenize(texts[:3]).to_list()
+    batches = tf.data.Dataset.from_tensor_slices(texts[:3]).batch(3).map(tokenizer.tokenize)
+    assert next(iter(batches)).to_list() == expected
+
+
 def test_lowercase_sentencepiece_lowers_in_the_graph_and_round_trips_lower_text():
     tokenizer = SentencePieceTokenizer(_written(200), 200, lowercase=True)
     assert _round_trip(tokenizer, ["Ein Mann im T-Shirt."]) == ["ein mann im t-shirt."]
