@@ -273,7 +273,7 @@ class ImageText(Task):
         return {"accuracy": (tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32))}
 
     # ------------------------------------------------------------------ results
-    def _embed(self, model, fn, inputs, batch_size=256) -> np.ndarray:
+    def _embed(self, fn, inputs, batch_size=256) -> np.ndarray:
         out = [fn(inputs[start:start + batch_size]).numpy()
                for start in range(0, len(inputs), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, int(self.task_cfg.embedding_dim)))
@@ -282,13 +282,13 @@ class ImageText(Task):
         """uint8 (N, S, S, 3) -> unit vectors (N, E)."""
         fn = tf.function(lambda x: model.embed_image(tf.cast(x, tf.float32)),
                          reduce_retracing=True, autograph=False)
-        return self._embed(model, fn, images)
+        return self._embed(fn, images)
 
     def embed_texts(self, model, texts: list[str]) -> np.ndarray:
         """Strings -> unit vectors (N, E)."""
         fn = tf.function(lambda t: model.embed_text(self.encode_text(t)),
                          reduce_retracing=True, autograph=False)
-        return self._embed(model, fn, np.array(texts, dtype=object))
+        return self._embed(fn, np.array(texts, dtype=object))
 
     def prompts(self, labels: list[str]) -> list[str]:
         return [str(self.task_cfg.prompt).replace("{}", label) for label in labels]
