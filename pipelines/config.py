@@ -93,6 +93,9 @@ class TaskConfig:
     models: Optional[list[str]] = None
     # Per model option, keys of its group that this task does not use: setting one is refused.
     unused_model_keys: dict[str, list[str]] = field(default_factory=dict)
+    # model.init_from: the vocabularies of a pretraining run (wordpiece, word) this task can
+    # take its encoder and tokenizer from; null: it cannot start from one.
+    init_from_tokenizers: Optional[list[str]] = None
     monitor: str = "val_loss"
     # The decode.strategy values the task reads; None: decode.strategy must stay null.
     decode_strategies: Optional[list[str]] = None
@@ -245,6 +248,10 @@ class ImageTextTask(TaskConfig):
     holdout_pairs: list[str] = field(default_factory=list)  # "red circle": unseen in training
     num_samples: int = 20  # zero-shot predictions written to samples.json
     monitor: str = "val_loss"
+
+    @staticmethod
+    def check(task: DictConfig, data: DictConfig | None = None) -> None:
+        check_image_text(task, data)
 
 
 def check_image_text(task: DictConfig, data: DictConfig | None = None) -> None:
@@ -565,8 +572,10 @@ def check(cfg: DictConfig) -> None:
             f"train_ one; received task.monitor={monitor}"
         )
     _check_decode(cfg)
-    if cfg.task.name == "image_text":
-        check_image_text(cfg.task, cfg.data)
+    # A task schema may carry its own checks (a `check(task, data)` staticmethod).
+    task_check = getattr(OmegaConf.get_type(cfg.task), "check", None)
+    if task_check is not None:
+        task_check(cfg.task, cfg.data)
     from pipelines.pretrained import check_init_from
 
     check_init_from(cfg)

@@ -31,7 +31,6 @@ from pipelines.hooks import Hook
 log = logging.getLogger(__name__)
 
 PRETRAINING_TASKS = ("masked_lm",)
-FINE_TUNING_TASKS = ("sentiment", "ner")
 MANIFEST = "pretraining.json"  # = pipelines.tasks.masked_lm.MANIFEST (no TF import here)
 # Model keys that decide weight shapes, with the layer and shape each one sets; D hidden,
 # H heads, I feed-forward width.
@@ -118,10 +117,12 @@ def check_init_from(cfg: DictConfig) -> None:
                               "model.init_from, which is not set: add model.init_from=RUN_DIR "
                               "or drop trainer.freeze_epochs")
         return
-    if cfg.task.name not in FINE_TUNING_TASKS:
+    accepted = cfg.task.get("init_from_tokenizers")
+    if not accepted:
         raise InitFromError(
-            f"model.init_from fine-tunes the text encoder of task={', '.join(FINE_TUNING_TASKS)}; "
-            f"task={cfg.task.name} cannot start from a pretraining run yet (drop model.init_from)")
+            f"model.init_from fine-tunes the text encoder of a task whose task.init_from_tokenizers "
+            f"lists vocabularies (sentiment, ner); task={cfg.task.name} cannot start from a "
+            "pretraining run yet (drop model.init_from)")
     run = read_run(init_from)
     theirs = run.config.model
     if theirs.name != cfg.model.name:
@@ -144,12 +145,14 @@ def check_init_from(cfg: DictConfig) -> None:
             f"'embedding' (position embedding) is ({table}, {theirs.hidden_dim}) there and would "
             f"be ({length}, {theirs.hidden_dim}) here. Fix: task.max_length={table}, or pretrain "
             f"with task.max_length={length}")
-    if cfg.task.name == "ner":
-        if run.manifest["tokenizer"] != "word":
-            raise InitFromError(
-                f"model.init_from={init_from} learned a {run.manifest['tokenizer']} vocabulary; "
-                "NER tags whole words, so it needs a word vocabulary: pretrain with "
-                "task=masked_lm task.tokenizer=word")
+    if run.manifest["tokenizer"] not in accepted:
+        why = (f"{cfg.task.name.upper()} tags whole words, so it needs a word vocabulary"
+               if accepted == ["word"] else f"task={cfg.task.name} takes {' or '.join(accepted)}")
+        raise InitFromError(
+            f"model.init_from={init_from} learned a {run.manifest['tokenizer']} vocabulary; "
+            f"{why} (task.init_from_tokenizers): pretrain with task=masked_lm "
+            f"task.tokenizer={accepted[0]}")
+    if accepted == ["word"]:  # whole words: the lookup must standardise as the run did
         if bool(run.manifest["lowercase"]) != bool(cfg.task.lowercase):
             raise InitFromError(
                 f"task.lowercase={cfg.task.lowercase} differs from the pretraining run's "

@@ -48,6 +48,16 @@ def _sentiment(*overrides, n=101, model="lstm"):
     return task, splits
 
 
+def _ids(x):
+    """The token ids of a batch: NER's inputs are a dict (word ids, optional char/case ids)."""
+    return x["word_ids"] if isinstance(x, dict) else x
+
+
+def _like(x, ids):
+    """`ids` packed the way the model takes `x` (a dict for NER)."""
+    return {"word_ids": ids} if isinstance(x, dict) else ids
+
+
 def _ner(*overrides, n=101, model="lstm"):
     sentences = _sentences(n)
     tags = [["B-X" if w in ("w1", "w2") else "O" for w in s] for s in sentences]
@@ -96,6 +106,7 @@ def test_training_batches_have_bucket_shapes_and_full_size(make):
     task, splits = make(f"task.length_buckets={BUCKETS}")
     shapes = collections.Counter()
     for x, y in task.dataset(splits.train, training=True, batch_size=8).take(60):
+        x = _ids(x)
         shapes[tuple(x.shape)] += 1
         assert x.shape[0] == 8 and y.shape[0] == 8  # drop_remainder: static batch size
         if y.shape.rank == 2:
@@ -114,7 +125,7 @@ def test_validation_has_every_example_once(make):
     def rows(ds):
         out = collections.Counter()
         for x, y in ds:
-            x, y = x.numpy(), y.numpy()
+            x, y = _ids(x).numpy(), y.numpy()
             for i in range(len(x)):
                 n = int(np.count_nonzero(x[i]))
                 out[(tuple(x[i, :n]), tuple(np.ravel(y[i])[: n if y.ndim == 2 else 1]))] += 1
@@ -139,10 +150,10 @@ def test_padding_to_16_or_64_gives_the_same_predictions(make, model):
     task, splits = make("task.max_length=64", "task.length_buckets=null", n=16, model=model)
     net = task.build_model()
     x, _ = next(iter(task.dataset(splits.validation, training=False, batch_size=16)))
-    long = x.numpy()
+    long = _ids(x).numpy()
     assert long.shape == (16, 64) and not long[:, 16:].any()
-    wide = net(long, training=False).numpy()
-    short = net(long[:, :16], training=False).numpy()
+    wide = net(_like(x, long), training=False).numpy()
+    short = net(_like(x, long[:, :16]), training=False).numpy()
     if wide.ndim == 3:  # NER: compare the real words' logits
         real = long[:, :16] != 0
         wide, short = wide[:, :16][real], short[real]
