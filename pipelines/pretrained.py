@@ -78,8 +78,9 @@ class RunInfo:
             "or point model.init_from at a finished run")
 
 
-def read_run(path: str | pathlib.Path) -> RunInfo:
-    """Reads and checks RUN_DIR: it exists, is a run directory, of a pretraining task."""
+def read_run(path: str | pathlib.Path, tasks: tuple[str, ...] = PRETRAINING_TASKS) -> RunInfo:
+    """Reads and checks RUN_DIR: it exists, is a run directory, of one of `tasks`, with a
+    checkpoint (and, for masked_lm, its `pretraining.json`)."""
     directory = pathlib.Path(str(path)).expanduser()
     if not directory.is_dir():
         raise InitFromError(f"model.init_from={path}: no such directory. Give the run directory "
@@ -90,16 +91,17 @@ def read_run(path: str | pathlib.Path) -> RunInfo:
                             "run directory. Give the hydra.run.dir of a task=masked_lm run")
     config = OmegaConf.load(config_file)
     task = OmegaConf.select(config, "task.name")
-    if task not in PRETRAINING_TASKS:
+    if task not in tasks:
         raise InitFromError(
             f"model.init_from={path} is a run of task={task}, not of a pretraining task "
-            f"({', '.join(PRETRAINING_TASKS)}). Pretrain first: python -m pipelines "
-            f"task=masked_lm model=transformer hydra.run.dir=RUN_DIR, then model.init_from=RUN_DIR")
+            f"({', '.join(tasks)}). Pretrain first: python -m pipelines "
+            f"task={tasks[0]} model=transformer hydra.run.dir=RUN_DIR, then model.init_from=RUN_DIR")
     manifest_file = directory / MANIFEST
-    if not manifest_file.is_file():
+    if task == "masked_lm" and not manifest_file.is_file():
         raise InitFromError(f"model.init_from={path}: {manifest_file} is missing (the run stopped "
                             "before its vocabulary was written); re-run the pretraining")
-    info = RunInfo(directory, config, json.loads(manifest_file.read_text(encoding="utf-8")))
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+    info = RunInfo(directory, config, manifest)
     info.checkpoint()
     return info
 
@@ -107,6 +109,10 @@ def read_run(path: str | pathlib.Path) -> RunInfo:
 def check_init_from(cfg: DictConfig) -> None:
     """`config.check`'s part: refuses, before TensorFlow, an init_from this run cannot use
     and a `trainer.freeze_epochs` without one."""
+    whole = cfg.task.get("init_from_tasks")
+    if whole:  # a task that takes the run whole (zero_shot_text)
+        check_whole_run(cfg, tuple(whole))
+        return
     init_from = cfg.model.get("init_from")
     freeze = int(cfg.trainer.get("freeze_epochs", 0) or 0)
     if freeze < 0:
@@ -160,6 +166,32 @@ def check_init_from(cfg: DictConfig) -> None:
                 f"task.lowercase={run.manifest['lowercase']}")
 
 
+def check_whole_run(cfg: DictConfig, tasks: tuple[str, ...]) -> RunInfo:
+    """For a task that takes a pretraining run whole, network and tokenizer, and trains
+    nothing (`task.init_from_tasks`): model.init_from is required, names a run of one of
+    `tasks` made with this model group, and `trainer.freeze_epochs` stays 0; then the task
+    schema's `check_run(task, run)`, if it has one."""
+    task = cfg.task.name
+    init_from = cfg.model.get("init_from")
+    if not init_from:
+        raise InitFromError(
+            f"task={task} needs model.init_from=RUN_DIR, the run directory of a "
+            f"{' or '.join(tasks)} run whose model it uses as it is (e.g. python -m pipelines "
+            f"task={tasks[0]} model=transformer hydra.run.dir=RUN_DIR first)")
+    if int(cfg.trainer.get("freeze_epochs", 0) or 0):
+        raise ConfigError(f"trainer.freeze_epochs={cfg.trainer.freeze_epochs} has no effect: "
+                          f"task={task} trains nothing; drop it")
+    run = read_run(init_from, tasks)
+    theirs = run.config.model.name
+    if theirs != cfg.model.name:
+        raise InitFromError(f"model.init_from={init_from} is a run of model={theirs}; task={task} "
+                            f"uses its network as it is: set model={theirs}")
+    own_check = getattr(OmegaConf.get_type(cfg.task), "check_run", None)
+    if own_check is not None:
+        own_check(cfg.task, run)
+    return run
+
+
 def pretraining_run_id(path: str | pathlib.Path) -> str | None:
     """The MLflow run id of the pretraining run (its `mlflow_run_id` file), if it was tracked."""
     from pipelines.tracking import RUN_ID_FILE
@@ -196,11 +228,8 @@ class PretrainedRun:
         return keras.layers.StringLookup(vocabulary=self.vocabulary[2:], mask_token="",
                                          oov_token=self.vocabulary[1], name="word_lookup")
 
-    def encoder(self):
-        """The pretraining run's text encoder with its trained weights."""
-        import tensorflow as tf
-
-        from pipelines.checkpoints import _SavePoints
+    def network(self):
+        """The pretraining run's whole masked-LM network (encoder and tied head), restored."""
         from pipelines.tasks import build_backbone
         from pipelines.tasks.masked_lm import network
 
@@ -208,14 +237,29 @@ class PretrainedRun:
         model = network(build_backbone(cfg.model), len(self.vocabulary),
                         int(self.manifest["sequence_length"]),
                         int(self.manifest["max_predictions"]), bool(self.manifest["next_sentence"]))
-        folder, prefix = self.info.checkpoint()
-        points = _SavePoints(folder, prefix, tf.train.Checkpoint(model=model), partial=True)
-        number = next(n for n in points.numbers() if points.committed(n))
-        points.load(number)  # checks the files against their record
-        points.read(number)
-        log.info("init_from: restored %s", points.path(number))
+        restore(self.info, model)
+        return model
+
+    def encoder(self):
+        """The pretraining run's text encoder with its trained weights."""
+        model = self.network()
         return next(layer for layer in model.layers if isinstance(layer, type(model))
                     and any(sub.name == "embedding" for sub in layer.layers))
+
+
+def restore(info: RunInfo, model) -> None:
+    """Restores the run's weights (`RunInfo.checkpoint`: the best epoch's, else the newest
+    save point) into `model`, the network the run trained, rebuilt."""
+    import tensorflow as tf
+
+    from pipelines.checkpoints import _SavePoints
+
+    folder, prefix = info.checkpoint()
+    points = _SavePoints(folder, prefix, tf.train.Checkpoint(model=model), partial=True)
+    number = next(n for n in points.numbers() if points.committed(n))
+    points.load(number)  # checks the files against their record
+    points.read(number)
+    log.info("init_from: restored %s", points.path(number))
 
 
 def _models(model):

@@ -82,37 +82,13 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
             if chief:
                 (run_dir / name).write_text(text)
         batch = tcfg.batch_size
-        if len(splits.train[0]) < batch:
-            raise ValueError(f"trainer.batch_size={batch} is larger than the training split "
-                             f"({len(splits.train[0])} examples)")
-        train_ds = task.dataset(splits.train, training=True, batch_size=batch)
-        val_ds = task.dataset(splits.validation, training=False, batch_size=batch)
-        steps = tcfg.steps_per_epoch or max(1, task.train_examples(splits) // batch)
-        jit_compile, reason = choose_jit_compile(tcfg.jit_compile, task.backbone,
-                                                 steps * tcfg.epochs)
-        log.info("XLA %s (%s)", "on" if jit_compile else "off", reason)
-
-        with strategy.scope():
-            model = task.build_model()
-            warm = pretrained.initialize(cfg, model)  # model.init_from: the layers it copied
-            lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")  # NaN recovery halves it
-            optimizer = make_optimizer(tcfg, total_steps=steps * tcfg.epochs, lr_scale=lr_scale)
-            optimizer.build(model.trainable_variables)
-        log.info("model %s: %s parameters", model.name, f"{model.count_params():,}")
-        tracker.log_metrics({"parameters": model.count_params()})
-
-        checkpoints = CheckpointHook(run_dir / "checkpoints", model, optimizer, write=chief)
-        early = EarlyStopping(cfg.task.monitor, tcfg.early_stopping_patience, task.monitor_mode,
-                              restore_saved=checkpoints.restore_best)
-        trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
-                          jit_compile=jit_compile,
-                          hooks=[*task.hooks(model, splits), *pretrained.freeze(cfg, warm), early,
-                                 checkpoints, MlflowHook(tracker)],
-                          verbose=tcfg.verbose,
-                          checkpoint_every_steps=tcfg.checkpoint_every_steps,
-                          max_nan_recoveries=tcfg.max_nan_recoveries, lr_scale=lr_scale)
-        checkpoints.restore(trainer)
-        trainer.fit(train_ds, val_ds, tcfg.epochs, steps, tcfg.eval_steps)
+        if task.trains:
+            model = _train(cfg, task, splits, strategy, tracker, run_dir, chief)
+        else:  # the model comes trained (zero_shot_text); trainer.epochs and the rest are unused
+            log.info("task=%s trains nothing: evaluating the model as it comes", cfg.task.name)
+            with strategy.scope():
+                model = task.build_model()
+            _log_size(model, tracker)
 
         metrics = task.evaluate(model, splits.evaluation, batch)
         log.info("%s metrics: %s", splits.evaluation_name,
@@ -142,3 +118,47 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
         tracker.finish("FAILED")
         raise
     return RunResult(metrics, task, model, run_dir)
+
+
+def _log_size(model: keras.Model, tracker: Tracker) -> None:
+    log.info("model %s: %s parameters", model.name, f"{model.count_params():,}")
+    tracker.log_metrics({"parameters": model.count_params()})
+
+
+def _train(cfg: DictConfig, task, splits, strategy, tracker: Tracker, run_dir: pathlib.Path,
+           chief: bool) -> keras.Model:
+    """Builds the model under `strategy` (copying `model.init_from`'s layers) and trains it,
+    resuming from the run's newest save point; returns it with the weights to evaluate."""
+    tcfg = cfg.trainer
+    batch = tcfg.batch_size
+    if len(splits.train[0]) < batch:
+        raise ValueError(f"trainer.batch_size={batch} is larger than the training split "
+                         f"({len(splits.train[0])} examples)")
+    train_ds = task.dataset(splits.train, training=True, batch_size=batch)
+    val_ds = task.dataset(splits.validation, training=False, batch_size=batch)
+    steps = tcfg.steps_per_epoch or max(1, task.train_examples(splits) // batch)
+    jit_compile, reason = choose_jit_compile(tcfg.jit_compile, task.backbone,
+                                             steps * tcfg.epochs)
+    log.info("XLA %s (%s)", "on" if jit_compile else "off", reason)
+
+    with strategy.scope():
+        model = task.build_model()
+        warm = pretrained.initialize(cfg, model)  # model.init_from: the layers it copied
+        lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")  # NaN recovery halves it
+        optimizer = make_optimizer(tcfg, total_steps=steps * tcfg.epochs, lr_scale=lr_scale)
+        optimizer.build(model.trainable_variables)
+    _log_size(model, tracker)
+
+    checkpoints = CheckpointHook(run_dir / "checkpoints", model, optimizer, write=chief)
+    early = EarlyStopping(cfg.task.monitor, tcfg.early_stopping_patience, task.monitor_mode,
+                          restore_saved=checkpoints.restore_best)
+    trainer = Trainer(model, optimizer, task.loss, task.stats, strategy, batch,
+                      jit_compile=jit_compile,
+                      hooks=[*task.hooks(model, splits), *pretrained.freeze(cfg, warm), early,
+                             checkpoints, MlflowHook(tracker)],
+                      verbose=tcfg.verbose,
+                      checkpoint_every_steps=tcfg.checkpoint_every_steps,
+                      max_nan_recoveries=tcfg.max_nan_recoveries, lr_scale=lr_scale)
+    checkpoints.restore(trainer)
+    trainer.fit(train_ds, val_ds, tcfg.epochs, steps, tcfg.eval_steps)
+    return model

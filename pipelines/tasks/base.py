@@ -47,6 +47,10 @@ class Task(abc.ABC):
     (`serving_fn`, `serving_signature`, `trackables`; `pipelines.export`).
     """
 
+    # False: the model comes trained (zero_shot_text: a pretraining run, whole); `run` builds
+    # it, evaluates and exports, with no optimizer, checkpoints or epochs.
+    trains: bool = True
+
     def __init__(self, config: DictConfig, *, data: Source, backbone, trainer: DictConfig,
                  decode: DictConfig | None = None):
         self.task_cfg = config
