@@ -288,6 +288,97 @@ def check_image_text(task: DictConfig, data: DictConfig | None = None) -> None:
                               f"{tower} does not have; its keys: {', '.join(sorted(known))}")
 
 
+class Aggregate(str, enum.Enum):
+    mean = "mean"  # the mean of the verbalizer words' log-probabilities
+    logsumexp = "logsumexp"  # the log of their summed probability
+
+
+@dataclass
+class ZeroShotTextTask(TaskConfig):
+    # The pretraining tasks whose run (model.init_from) this task takes whole, network and
+    # tokenizer (pipelines.pretrained.check_whole_run); nothing trains.
+    init_from_tasks: list[str] = field(default_factory=lambda: ["masked_lm", "language_modeling"])
+    prompt: str = "{} It was [MASK]."  # {} = the text; [MASK] = where a verbalizer word goes
+    labels: list[str] = field(default_factory=lambda: ["negative", "positive"])
+    # label -> its words; a label's score aggregates their log-probabilities at [MASK].
+    # Entries of labels not in `labels` are unused (Hydra merges dicts: defaults stay).
+    verbalizers: dict[str, list[str]] = field(default_factory=lambda: {
+        "negative": ["terrible", "bad", "awful"], "positive": ["great", "good", "wonderful"]})
+    aggregate: Aggregate = Aggregate.mean
+    calibrate: bool = False  # subtract the scores of the empty text (label-free calibration)
+    # label -> the evaluation data's name of it (SST-2 files: {negative: "0", positive: "1"});
+    # None: the data's labels are the label names
+    data_labels: Optional[dict[str, str]] = None
+    # The labels of a negative / positive VADER compound score (< 0 / >= 0) for the lexicon
+    # baseline (lexicon_accuracy, lexicon_macro_f1); None: no lexicon baseline.
+    lexicon_labels: Optional[list[str]] = field(default_factory=lambda: ["negative", "positive"])
+    num_samples: int = 20  # predictions written to samples.json
+    monitor: str = "val_accuracy"  # unused: nothing trains
+
+    @staticmethod
+    def check(task: DictConfig, data: DictConfig | None = None) -> None:
+        check_zero_shot_text(task)
+
+    @staticmethod
+    def check_run(task: DictConfig, run) -> None:
+        check_zero_shot_run(task, run)
+
+
+def check_zero_shot_text(task: DictConfig) -> None:
+    """task=zero_shot_text's own checks (no TF): labels, prompt, verbalizers, label maps."""
+    labels = [str(label) for label in task.labels]
+    if not labels or any(not label.strip() for label in labels) or len(set(labels)) < len(labels):
+        raise ConfigError(f"task.labels must be a non-empty list of distinct, non-empty label "
+                          f"names (e.g. [negative, positive]); received task.labels={labels}")
+    prompt = str(task.prompt)
+    if prompt.count("{}") != 1:
+        raise ConfigError(f"task.prompt must hold {{}} once, where the text goes (e.g. '{{}} It "
+                          f"was [MASK].'); received task.prompt={prompt!r}")
+    if prompt.count("[MASK]") > 1:
+        raise ConfigError(f"task.prompt holds [MASK] {prompt.count('[MASK]')} times; one "
+                          f"[MASK] is where a verbalizer word goes. Received {prompt!r}")
+    verbalizers = task.verbalizers
+    missing = [label for label in labels if not list(verbalizers.get(label) or [])]
+    if missing:
+        raise ConfigError(f"task.verbalizers has no words for the labels {missing}: give each "
+                          f"label its words, e.g. task.verbalizers.{missing[0]}=[word, ...]")
+    blank = [label for label in labels if any(not str(w).strip() for w in verbalizers[label])]
+    if blank:
+        raise ConfigError(f"task.verbalizers.{blank[0]} holds an empty word: "
+                          f"{list(verbalizers[blank[0]])}")
+    for key in ("data_labels", "lexicon_labels"):
+        given = task.get(key)
+        outside = sorted(set(given or []) - set(labels))
+        if outside:
+            raise ConfigError(f"task.{key} names {outside}, which are not in task.labels={labels}")
+    lexicon = task.get("lexicon_labels")
+    if lexicon is not None and len(lexicon) != 2:
+        raise ConfigError(f"task.lexicon_labels must be [NEGATIVE_LABEL, POSITIVE_LABEL] or null; "
+                          f"received {list(lexicon)}")
+
+
+def check_zero_shot_run(task: DictConfig, run) -> None:
+    """What a masked_lm run (`pipelines.pretrained.RunInfo`) asks of task=zero_shot_text: a
+    [MASK] in the prompt, and every verbalizer word one token of the run's vocabulary."""
+    if run.config.task.name != "masked_lm":
+        return  # a language model scores continuations of any number of tokens
+    if "[MASK]" not in str(task.prompt):
+        raise ConfigError(f"model.init_from={run.directory} is a masked_lm run: task.prompt "
+                          f"needs a [MASK] where the label word goes (e.g. '{{}} It was "
+                          f"[MASK].'); received task.prompt={task.prompt!r}")
+    lowercase = bool(run.manifest["lowercase"])
+    vocabulary = set(run.manifest["vocabulary"][5:])  # the 5 special tokens first
+    for label in task.labels:
+        for word in task.verbalizers[label]:
+            if (str(word).lower() if lowercase else str(word)) not in vocabulary:
+                raise ConfigError(
+                    f"task.verbalizers.{label}: {str(word)!r} is not one token of the "
+                    f"vocabulary of model.init_from={run.directory} ({len(vocabulary)} "
+                    f"{run.manifest['tokenizer']} tokens{', lower case' if lowercase else ''}), "
+                    "and the [MASK] predicts one token: use words the run's vocabulary holds "
+                    "whole (its pretraining.json lists them)")
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -488,7 +579,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
              "ner": NerTask, "segmentation": SegmentationTask, "captioning": CaptioningTask,
              "masked_lm": MaskedLmTask,
              "image_classification": ImageClassificationTask,
-             "image_text": ImageTextTask,
+             "image_text": ImageTextTask, "zero_shot_text": ZeroShotTextTask,
              "language_modeling": LanguageModelingTask},
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
               "cnn": CnnModel, "vit": VitModel},
