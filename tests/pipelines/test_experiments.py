@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipelines.config import check, register_schemas
+from pipelines.config import ConfigError, check, register_schemas
 from tests.conftest import REPO, SHARED_DATA
 
 register_schemas()
@@ -50,9 +50,15 @@ EXPECTED = {
     "conll2003_masked_lm": ("masked_lm", "transformer", CONLL_TRAIN),
     "conll2003_pretrained": ("ner", "transformer", CONLL),
     "conll2003_scratch": ("ner", "transformer", CONLL),
+    "sst2_zero_shot": ("zero_shot_text", "transformer", SST2),
 }
 # Fine-tuned from the run of a pretraining experiment (model.init_from=outputs/<that name>).
-PRETRAINED_FROM = {"sst2_pretrained": "sst2_masked_lm", "conll2003_pretrained": "conll2003_masked_lm"}
+PRETRAINED_FROM = {"sst2_pretrained": "sst2_masked_lm", "conll2003_pretrained": "conll2003_masked_lm",
+                   "sst2_zero_shot": "sst2_masked_lm"}
+# Experiments that take the pretraining run whole (no training): without one, check refuses.
+NEED_THE_RUN = {"sst2_zero_shot"}
+# Smoke runs pretrain on 128 lines: verbalizer words every WordPiece vocabulary holds (letters).
+SMOKE = {"sst2_zero_shot": ["task.verbalizers.negative=[a]", "task.verbalizers.positive=[e]"]}
 WITHOUT_PRETRAINING_RUN = ("model.init_from=null", "trainer.freeze_epochs=0")
 GENERATED = {"scenes_zero_shot"}  # data=synthetic: no files, no data_root
 MNIST = {"mnist_cnn", "mnist_vit"}  # image folders converted from IDX: `mnist_dir`, not data_root
@@ -64,6 +70,8 @@ METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"}
            "captioning": {"bleu4", "bleu1"},
            "language_modeling": {"perplexity", "bits_per_token"},
            "masked_lm": {"masked_accuracy", "perplexity"},
+           "zero_shot_text": {"accuracy", "macro_f1", "chance_accuracy", "lexicon_accuracy",
+                              "lexicon_macro_f1"},
            "image_text": {f"{way}_recall_at_{k}" for way in ("image_to_text", "text_to_image")
                           for k in (1, 5, 10)}}
 # Experiments whose metrics differ from their task's default set.
@@ -99,7 +107,11 @@ def test_composes_into_its_task_model_and_files(name):
         pretraining = OmegaConf.load(EXPERIMENTS_DIR / f"{PRETRAINED_FROM[name]}.yaml")
         assert pretraining.hydra.run.dir == f"outputs/{PRETRAINED_FROM[name]}"
     cfg = _compose(name, *(WITHOUT_PRETRAINING_RUN if name in PRETRAINED_FROM else ()))
-    check(cfg)
+    if name in NEED_THE_RUN:
+        with pytest.raises(ConfigError, match="needs model.init_from=RUN_DIR"):
+            check(cfg)
+    else:
+        check(cfg)
     if name in GENERATED:
         assert (cfg.task.name, cfg.model.name, cfg.data.source.value) == (task, model, "synthetic")
         return
@@ -196,7 +208,7 @@ def test_smoke_runs_on_the_real_data(name, shared_data, tmp_path):
         finally:
             keras.backend.clear_session()
         pretraining = [f"model.init_from={tmp_path / 'pretraining'}"]
-    cfg = _compose(name, "debug=smoke", "logger=none", base, *pretraining)
+    cfg = _compose(name, "debug=smoke", "logger=none", base, *pretraining, *SMOKE.get(name, []))
     try:
         result = execute(cfg, tmp_path / "run")
     finally:
