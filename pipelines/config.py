@@ -80,6 +80,7 @@ class Source(str, enum.Enum):
     synthetic = "synthetic"
     files = "files"
     tfds = "tfds"
+    tfrecord = "tfrecord"
 
 
 # ----------------------------------------------------------------------------- groups
@@ -467,7 +468,14 @@ class DecodeConfig:
 
 
 @dataclass
-class SyntheticData:
+class PrepareKeys:
+    """Every data group's keys of `python -m pipelines.prepare` (not passed to the source)."""
+    shards: int = 8  # TFRecord shards per split
+    out: Optional[str] = None  # the folder it writes (manifest.json and the shards)
+
+
+@dataclass
+class SyntheticData(PrepareKeys):
     _target_: str = "pipelines.data.synthetic.SyntheticSource"
     source: Source = Source.synthetic
     seed: int = 42
@@ -479,7 +487,7 @@ class SyntheticData:
 
 
 @dataclass
-class FilesData:
+class FilesData(PrepareKeys):
     _target_: str = "pipelines.data.files.FilesSource"
     source: Source = Source.files
     seed: int = 42
@@ -498,10 +506,13 @@ class FilesData:
     mask_dir: Optional[str] = None  # segmentation: masks folder (default masks/)
     region_dir: Optional[str] = None  # segmentation: region masks (field of view) restricting metrics
     pair_key: Optional[str] = None  # segmentation: regex whose first group pairs image and mask stems
+    # translation: train stays in its files, read by tf.data (pipelines.data.streaming)
+    streaming: bool = False
+    shuffle_buffer: int = 10_000  # streaming: examples in the training shuffle buffer
 
 
 @dataclass
-class TfdsData:
+class TfdsData(PrepareKeys):
     _target_: str = "pipelines.data.tfds_source.TfdsSource"
     source: Source = Source.tfds
     seed: int = 42
@@ -518,6 +529,19 @@ class TfdsData:
     download: bool = True
     limit: Optional[int] = None
     ignore_index: Optional[int] = None  # segmentation: a mask label left out of loss and metrics
+
+
+@dataclass
+class TfrecordData(PrepareKeys):
+    _target_: str = "pipelines.data.records.TfrecordSource"
+    source: Source = Source.tfrecord
+    seed: int = 42
+    path: str = MISSING  # the folder python -m pipelines.prepare wrote (manifest.json, shards)
+    task: str = MISSING  # the task reading it (conf/data/tfrecord.yaml: ${task.name})
+    streaming: bool = False  # translation: train read shard by shard by tf.data
+    shuffle_buffer: int = 10_000
+    skip_corrupt: bool = False  # a corrupted shard: skipped with a warning instead of an error
+    limit: Optional[int] = None
 
 
 @dataclass
@@ -584,7 +608,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
               "cnn": CnnModel, "vit": VitModel},
     "decode": {"decode": DecodeConfig},
-    "data": {"synthetic": SyntheticData, "files": FilesData, "tfds": TfdsData},
+    "data": {"synthetic": SyntheticData, "files": FilesData, "tfds": TfdsData,
+             "tfrecord": TfrecordData},
     "trainer": {"trainer": TrainerConfig},
     "distribute": {"distribute": DistributeConfig},
     "logger": {"logger": LoggerConfig},

@@ -9,10 +9,16 @@ from pipelines.data.source import FORMATS, Source
 from pipelines.data.splits import Splits
 
 
+# Keys of every data group that are not the source's: `source` is a label, `shards` and
+# `out` say where `python -m pipelines.prepare` writes.
+NOT_SOURCE_KEYS = ("source", "shards", "out")
+
+
 def open_source(data_cfg: DictConfig) -> Source:
-    """Instantiates the `data=` group's `_target_` (its `source` key is only a label)."""
+    """Instantiates the `data=` group's `_target_` with its keys but `NOT_SOURCE_KEYS`."""
     kwargs = OmegaConf.to_container(data_cfg, resolve=True)
-    kwargs.pop("source")
+    for key in NOT_SOURCE_KEYS:
+        kwargs.pop(key, None)
     return instantiate(kwargs)
 
 

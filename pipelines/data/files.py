@@ -121,6 +121,15 @@ def _is_tsv(path: str) -> bool:
 def read_parallel_tsv(path: pathlib.Path) -> tuple[list[str], list[str]]:
     """Reads (sources, targets) from `source<TAB>target` lines (columns after two ignored)."""
     sources, targets = [], []
+    for source, target in parallel_tsv_rows(path):
+        sources.append(source)
+        targets.append(target)
+    return sources, targets
+
+
+def parallel_tsv_rows(path: pathlib.Path):
+    """Yields the checked (source, target) of `source<TAB>target` lines, one at a time."""
+    found = False
     for number, line in read_lines(path):
         if not line.strip():
             continue
@@ -130,11 +139,10 @@ def read_parallel_tsv(path: pathlib.Path) -> tuple[list[str], list[str]]:
                 f"{path}:{number}: expected 'SOURCE<TAB>TARGET' (two non-empty tab-separated "
                 f"columns); got {line[:80]!r}"
             )
-        sources.append(columns[0].strip())
-        targets.append(columns[1].strip())
-    if not sources:
+        found = True
+        yield columns[0].strip(), columns[1].strip()
+    if not found:
         raise DataFileError(f"{path}: no examples found (expected lines 'SOURCE<TAB>TARGET')")
-    return sources, targets
 
 
 def read_parallel(source_path: pathlib.Path,
@@ -145,12 +153,46 @@ def read_parallel(source_path: pathlib.Path,
     """
     sides = [[line for _, line in read_lines(path)] for path in (source_path, target_path)]
     if len(sides[0]) != len(sides[1]):
-        raise DataFileError(
-            f"{source_path} has {len(sides[0])} lines but {target_path} has {len(sides[1])}; "
-            "the two files must be line-aligned (line i of one translates line i of the other)"
-        )
+        raise _misaligned(source_path, len(sides[0]), target_path, len(sides[1]))
     sources, targets = [], []
-    for number, (source, target) in enumerate(zip(*sides), start=1):
+    for source, target in _aligned_rows(source_path, target_path,
+                                        enumerate(zip(*sides), start=1)):
+        sources.append(source)
+        targets.append(target)
+    return sources, targets
+
+
+def parallel_rows(source_path: pathlib.Path, target_path: pathlib.Path):
+    """Yields the checked (source, target) pairs of two line-aligned files, one at a time
+    (what `read_parallel` reads, without holding the files)."""
+    import itertools
+
+    sides = [read_lines(path) for path in (source_path, target_path)]
+    numbered = enumerate(itertools.zip_longest(*sides), start=1)
+
+    def pairs():
+        for number, (source, target) in numbered:
+            if source is None or target is None:  # one file ended: count the other's rest
+                longer = 0 if target is None else 1
+                total = number + sum(1 for _ in sides[longer])
+                counts = (total, number - 1) if longer == 0 else (number - 1, total)
+                raise _misaligned(source_path, counts[0], target_path, counts[1])
+            yield number, (source[1], target[1])
+
+    yield from _aligned_rows(source_path, target_path, pairs())
+
+
+def _misaligned(source_path, source_lines: int, target_path, target_lines: int):
+    return DataFileError(
+        f"{source_path} has {source_lines} lines but {target_path} has {target_lines}; "
+        "the two files must be line-aligned (line i of one translates line i of the other)"
+    )
+
+
+def _aligned_rows(source_path, target_path, numbered):
+    """Checks and strips numbered (source, target) line pairs; skips pairs empty on both sides."""
+    found = False
+    for number, (source, target) in numbered:
         source, target = source.strip(), target.strip()
         if not source and not target:
             continue
@@ -161,11 +203,10 @@ def read_parallel(source_path: pathlib.Path,
                 f"{empty}:{number}: empty line, but line {number} of {other} is not; expected "
                 "one sentence per line on both sides"
             )
-        sources.append(source)
-        targets.append(target)
-    if not sources:
+        found = True
+        yield source, target
+    if not found:
         raise DataFileError(f"{source_path}, {target_path}: no sentences found")
-    return sources, targets
 
 
 def _language_file(prefix: str, language: str) -> pathlib.Path | None:
@@ -187,7 +228,8 @@ class FilesSource(Source):
                  tag_scheme: str = "iob2", limit: int | None = None, seed: int = 42,
                  ignore_index: int | None = None, image_dir: str | None = None,
                  mask_dir: str | None = None, region_dir: str | None = None,
-                 pair_key: str | None = None):
+                 pair_key: str | None = None, streaming: bool = False,
+                 shuffle_buffer: int = 10_000):
         self.paths = {"train": train, "validation": validation, "test": test}
         self.validation_fraction = validation_fraction
         self.text_column, self.label_column = text_column, label_column
@@ -198,6 +240,7 @@ class FilesSource(Source):
         self.ignore_index = ignore_index
         self.image_dir, self.mask_dir, self.region_dir = image_dir, mask_dir, region_dir
         self.pair_key = pair_key
+        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
 
     def _splits(self, read, resolve=_existing) -> Splits:
         """Reads every configured split with `read(resolve(path, key))`, then holds out
@@ -246,7 +289,32 @@ class FilesSource(Source):
                 return read_parallel(*resolved)
             return read_parallel_tsv(resolved)
 
+        if self.streaming:
+            return self._streaming_parallel_text(resolve, read)
         return self._splits(read, resolve)
+
+    def _streaming_parallel_text(self, resolve, read) -> Splits:
+        """`data.streaming=true`: train stays in its files (`streaming.StreamingSplit`),
+        checked and counted in one pass that keeps no line; validation and test are read
+        whole."""
+        from pipelines.data import streaming
+
+        if self.paths["validation"] is None:
+            raise DataFileError(
+                "data.streaming=true keeps the training files on disk, so no validation split "
+                "can be held out of them: give data.validation=PREFIX (or a .tsv)")
+        resolved = resolve(self.paths["train"], "data.train")
+        if isinstance(resolved, tuple):
+            count = sum(1 for _ in parallel_rows(*resolved))
+            train = streaming.StreamingSplit([resolved], streaming.parallel_lines, count,
+                                             self.shuffle_buffer)
+        else:
+            count = sum(1 for _ in parallel_tsv_rows(resolved))
+            train = streaming.StreamingSplit([(resolved,)], streaming.parallel_tsv_lines, count,
+                                             self.shuffle_buffer)
+        loaded = {split: read(resolve(path, f"data.{split}"))
+                  for split, path in self.paths.items() if split != "train" and path is not None}
+        return limit_splits(Splits(train=train, **loaded), self.limit, self.seed)
 
     def text_lines(self) -> Splits:
         """texts (one per line) -> document ids: plain UTF-8 text files (`.txt`, `.gz`),

@@ -42,4 +42,8 @@ class Source:
         if format not in self.formats():
             raise ValueError(f"data={self.name} cannot read the format {format!r} "
                              f"({FORMATS[format]}); it reads {', '.join(self.formats())}")
+        if getattr(self, "streaming", False):  # data.streaming=true
+            from pipelines.data.streaming import check_streaming_format
+
+            check_streaming_format(format, self.name)
         return getattr(self, format)()

@@ -4,17 +4,21 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from pipelines.data.streaming import StreamingSplit
 
 
 @dataclasses.dataclass
 class Splits:
     """train / validation / test, each a tuple of parallel lists (inputs, targets).
 
+    With `data.streaming=true` train may be a `streaming.StreamingSplit`: a pair of
+    columns that stay in their files (counted, iterated, read by tf.data), never lists.
+
     `test` may be None (evaluate on validation); `validation` is always present: sources
     hold out part of train when the user gives none.
     """
 
-    train: tuple[list, list]
+    train: tuple[list, list]  # or a StreamingSplit
     validation: tuple[list, list]
     test: tuple[list, list] | None = None
 
@@ -38,6 +42,8 @@ def limit_splits(splits: Splits, limit: int | None, seed: int | None = None) -> 
         return splits
 
     def draw(pair):
+        if isinstance(pair, StreamingSplit):  # data.streaming=true: its first `limit`
+            return pair.limited(limit)
         if pair is None or len(pair[0]) <= limit:
             return pair
         order = list(range(len(pair[0])))

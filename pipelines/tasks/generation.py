@@ -17,7 +17,6 @@ import abc
 import hashlib
 import io
 import os
-import random
 import re
 
 import keras
@@ -25,6 +24,7 @@ import keras_hub
 import tensorflow as tf
 
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
+from pipelines.data.streaming import sample_rows
 from pipelines.tasks.base import Task, plain
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
@@ -135,12 +135,10 @@ SENTENCEPIECE_OPTIONS = dict(
     minloglevel=2)
 
 
-def vocabulary_lines(texts: list[str], sample: int | None, seed: int) -> list[str]:
-    """At most `sample` of `texts` (None: all of them), drawn with `seed`, in corpus order."""
-    if sample is None or len(texts) <= sample:
-        return list(texts)
-    chosen = sorted(random.Random(seed).sample(range(len(texts)), int(sample)))
-    return [texts[i] for i in chosen]
+def vocabulary_lines(texts, sample: int | None, seed: int) -> list[str]:
+    """At most `sample` of `texts` (None: all of them), drawn with `seed`, in corpus order; a
+    streaming column (`data.streaming=true`) gives the same lines in one pass over its files."""
+    return sample_rows(texts, sample, seed)
 
 
 def learn_sentencepiece(texts: list[str], vocabulary_size: int) -> bytes:

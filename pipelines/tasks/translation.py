@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from pipelines.config import option_value
 from pipelines.data import Splits
+from pipelines.data.streaming import example_dataset
 from pipelines.models.seq2seq import EncoderDecoder
 from pipelines.tasks.generation import GenerationTask, learn_tokenizer
 
@@ -38,10 +39,10 @@ class Translation(GenerationTask):
 
     def dataset(self, pair, training, batch_size):
         """({"source": (B, S), "target_in": (B, T)}, target_out (B, T)); with
-        `task.length_buckets` S and T are cut to the bucket of the batch's longest side."""
-        ds = tf.data.Dataset.from_tensor_slices(tuple(pair))
-        if training:
-            ds = ds.shuffle(len(pair[0]), seed=self.seed, reshuffle_each_iteration=True).repeat()
+        `task.length_buckets` S and T are cut to the bucket of the batch's longest side.
+        `pair` may be a `StreamingSplit` (`data.streaming=true`): then the examples come
+        from its files through tf.data, shuffled in a bounded buffer."""
+        ds = example_dataset(pair, training, self.seed)  # lists, or a streaming split's files
 
         def to_tensors(source, target):  # tokenized in chunks, then one example at a time
             full = self.encode_targets(target)  # (N, T + 1)
