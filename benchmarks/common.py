@@ -80,3 +80,12 @@ def run_measured(command, poll=0.2):
 def smoke_command(task, model, run_dir):
     return [sys.executable, "-m", "pipelines", f"task={task}", f"model={model}",
             "debug=smoke", "logger=none", f"hydra.run.dir={run_dir}"]
+
+
+def run_checked(command, label):
+    """`run_measured(command)`, exiting with the end of its output if it failed; returns
+    (wall seconds, peak RSS bytes)."""
+    seconds, rss, code, tail = run_measured(command)
+    if code:
+        sys.exit(f"{label} failed (exit {code}):\n{tail}")
+    return seconds, rss

@@ -224,3 +224,27 @@ def test_a_streamed_corpus_smaller_than_one_batch_is_refused_before_training(tmp
                                          r"split \(10 examples\)"):
         execute(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_two_workers_read_half_each_by_file_or_by_example(tmp_path):
+    # tf.data's own auto-shard rewrite, as MultiWorkerMirroredStrategy applies it per worker.
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+
+    _, out, _ = _prepare(tmp_path, "translation", *SMALL, shards=4)  # shards of 10
+    by_file = _tfrecord("translation", out, "data.streaming=true").read("parallel_text").train
+    prefix = _write_corpus(tmp_path, "train", _synthetic_pairs(10))
+    by_example = open_source(compose_config([
+        "task=translation", "data=files", f"data.train={prefix}", f"data.validation={prefix}",
+        "data.streaming=true"]).data).read("parallel_text").train
+    for train, expected in ((by_file, [list(range(0, 10)) + list(range(20, 30)),
+                                       list(range(10, 20)) + list(range(30, 40))]),
+                            (by_example, [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]])):
+        rows = list(train[0])
+        dataset = example_dataset(train, training=False, seed=0)
+        policy = shard_policy(len(train.files), workers=2)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = policy
+        for worker in (0, 1):
+            sharded = _AutoShardDataset(dataset.with_options(options), 2, worker)
+            got = [rows.index(s.decode()) for s, _ in sharded.as_numpy_iterator()]
+            assert got == expected[worker], (policy, worker)
