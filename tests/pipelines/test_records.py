@@ -43,7 +43,8 @@ def _same(left, right):
             assert a == b
 
 
-@pytest.mark.parametrize("task", ["translation", "ner", "language_modeling", "segmentation"])
+@pytest.mark.parametrize("task", ["translation", "sentiment", "ner", "language_modeling",
+                                  "segmentation", "image_classification", "captioning"])
 def test_prepare_then_tfrecord_gives_the_source_splits_back(tmp_path, task):
     cfg, out, manifest = _prepare(tmp_path, task, *SMALL)
     original = open_source(cfg.data).read(str(cfg.task.reader))
