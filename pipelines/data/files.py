@@ -307,11 +307,13 @@ class FilesSource(Source):
         if isinstance(resolved, tuple):
             count = sum(1 for _ in parallel_rows(*resolved))
             train = streaming.StreamingSplit([resolved], streaming.parallel_lines, count,
-                                             self.shuffle_buffer)
+                                             self.shuffle_buffer,
+                                             python_rows=lambda: parallel_rows(*resolved))
         else:
             count = sum(1 for _ in parallel_tsv_rows(resolved))
             train = streaming.StreamingSplit([(resolved,)], streaming.parallel_tsv_lines, count,
-                                             self.shuffle_buffer)
+                                             self.shuffle_buffer,
+                                             python_rows=lambda: parallel_tsv_rows(resolved))
         loaded = {split: read(resolve(path, f"data.{split}"))
                   for split, path in self.paths.items() if split != "train" and path is not None}
         return limit_splits(Splits(train=train, **loaded), self.limit, self.seed)

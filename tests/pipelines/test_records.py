@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines.data import open_source
-from pipelines.data.files import DataFileError, read_parallel
+from pipelines.data.files import DataFileError, read_parallel, read_parallel_tsv
 from pipelines.data.records import MANIFEST, TfrecordSource
 from pipelines.data.streaming import (StreamingSplit, example_dataset, sample_rows,
                                       shard_policy)
@@ -135,23 +135,31 @@ def _synthetic_pairs(count, seed=0):
     return list(zip(*train))
 
 
-@pytest.mark.parametrize("gz", [False, True])
-def test_a_streamed_corpus_gives_the_lines_a_whole_read_gives(tmp_path, gz):
-    pairs = [("\ufeff a cat ", "eine Katze"), ("", ""), ("\u00a0two\u2009dogs\u3000", " zwei\tHunde"),
+@pytest.mark.parametrize("kind", ["prefix", "gz", "tsv"])
+def test_a_streamed_corpus_gives_the_lines_a_whole_read_gives(tmp_path, kind):
+    pairs = [("\ufeff a cat ", "eine Katze"), ("", ""), ("\u00a0two\u2009dogs\u3000", " zwei Hunde"),
              (" ", "\u2028"), ("the end\r", "das Ende")]  # BOM, blank pairs, Unicode spaces
-    prefix = _write_corpus(tmp_path, "train", pairs, gz)
+    if kind == "tsv":
+        train_path = tmp_path / "train.tsv"  # a blank pair is a blank line
+        train_path.write_text("".join((f"{s}\t{t}\textra" if (s + t).strip() else " ") + "\n"
+                                      for s, t in pairs))
+        train_path, whole = str(train_path), read_parallel_tsv(train_path)
+    else:
+        train_path = _write_corpus(tmp_path, "train", pairs, gz=kind == "gz")
+        suffix = ".gz" if kind == "gz" else ""
+        whole = read_parallel(*(pathlib.Path(f"{train_path}.{language}{suffix}")
+                                for language in ("en", "de")))
     validation = _write_corpus(tmp_path, "val", pairs[:1])
-    source = open_source(compose_config(["task=translation", "data=files", f"data.train={prefix}",
+    source = open_source(compose_config(["task=translation", "data=files",
+                                         f"data.train={train_path}",
                                          f"data.validation={validation}",
                                          "data.streaming=true"]).data)
     train = source.read("parallel_text").train
-    suffix = ".gz" if gz else ""
-    whole = read_parallel(pathlib.Path(prefix + ".en" + suffix), pathlib.Path(prefix + ".de" + suffix))
     assert isinstance(train, StreamingSplit) and len(train[0]) == 3
     assert [list(train[0]), list(train[1])] == [whole[0], whole[1]] == [
-        ["a cat", "two\u2009dogs", "the end"], ["eine Katze", "zwei\tHunde", "das Ende"]]
-    examples = example_dataset(train, training=False, seed=0)
-    assert [s.decode() for s, _ in examples.as_numpy_iterator()] == whole[0]
+        ["a cat", "two\u2009dogs", "the end"], ["eine Katze", "zwei Hunde", "das Ende"]]
+    examples = example_dataset(train, training=False, seed=0).as_numpy_iterator()
+    assert [(s.decode(), t.decode()) for s, t in examples] == list(zip(*whole))
 
 
 def test_a_streamed_vocabulary_sample_is_the_sample_of_the_whole_corpus(tmp_path):
