@@ -1,4 +1,6 @@
 """Multi-head attention with padding, causal and cache masks, and a key/value cache."""
+import math
+
 import keras
 from keras import ops
 
@@ -76,6 +78,9 @@ class MultiHeadAttention(keras.layers.Layer):
     Queries, keys and values are projected to `num_heads` heads, attended per head
     with `softmax(q k^T / sqrt(key_dim)) v`, concatenated and projected back. The
     weights match `keras.layers.MultiHeadAttention` (see `head_projections`).
+    Self-attention (the same tensor passed as `query` and `value`, `key` None or
+    that tensor too) computes q, k and v with one fused matmul; cross-attention
+    computes k and v with one when `key` is None or is `value`.
 
     Args:
         num_heads: positive int H.
@@ -191,19 +196,27 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_index=None,
         training=None,
     ):
+        # Self-attention (one tensor as query, key and value) projects q, k and v
+        # with one matmul; cross-attention projects k and v with one (`_project`).
+        self_attention = value is query and (key is None or key is query)
+        fused_kv = key is None or key is value
         key = value if key is None else key
         key_length = None
-        q = self.query_dense(query)  # (B, T, H, K)
         if cache is None:
             if cache_index is not None:
                 raise ValueError(
                     "cache_index must be None when cache is None; received "
                     f"cache_index={cache_index}"
                 )
-            k = self.key_dense(key)  # (B, S, H, K)
-            v = self.value_dense(value)  # (B, S, H, V)
+            if self_attention:
+                q, k, v = self._project(query, "qkv")  # (B, H, T, K) each
+            else:
+                (q,) = self._project(query, "q")  # (B, H, T, K)
+                k, v = self._project(value, "kv") if fused_kv else (
+                    self._project(key, "k") + self._project(value, "v")
+                )  # (B, H, S, K), (B, H, S, V)
         else:
-            k, v, cache = self._read_cache(key, value, cache, cache_index)
+            q, k, v, cache = self._read_cache(query, key, value, cache, cache_index, self_attention)
             key_length = cache.shape[2]
         mask = merge_masks(
             query,
@@ -215,12 +228,13 @@ class MultiHeadAttention(keras.layers.Layer):
             cache_index=cache_index,
         )  # (B, T, S)
         output, scores = scaled_dot_product_attention(
-            ops.transpose(q, (0, 2, 1, 3)),  # (B, H, T, K)
-            ops.transpose(k, (0, 2, 1, 3)),  # (B, H, S, K)
-            ops.transpose(v, (0, 2, 1, 3)),  # (B, H, S, V)
+            q,
+            k,
+            v,
             mask,
             dropout_layer=self._dropout_layer,
             training=training,
+            scale=1.0,  # 1 / sqrt(K) is folded into the query projection
         )  # (B, H, T, V), (B, H, T, S)
         output = self.output_dense(ops.transpose(output, (0, 2, 1, 3)))  # (B, T, D_out)
         results = (output, scores) if return_scores else (output,)
@@ -228,9 +242,74 @@ class MultiHeadAttention(keras.layers.Layer):
             results += (cache,)
         return results[0] if len(results) == 1 else results
 
-    def _read_cache(self, key, value, cache, cache_index):
-        """Returns keys (B, S_max, H, K), values and the cache after writing the new
-        keys and values at `cache_index` (unchanged when `cache_index` is None)."""
+    def _project(self, inputs, parts, heads_first=True):
+        """The projections named by `parts` ("q", "k", "v") of `inputs` (B, T, D),
+        as one matmul with the kernels side by side.
+
+        The query's kernel and bias are scaled by 1 / sqrt(K) here, on (D, H, K)
+        rather than on every (B, H, T, K) query. The weights stay the three
+        separate `EinsumDense` sublayers (`keras.layers.MultiHeadAttention`'s
+        layout, so checkpoints and copied weights load unchanged); only the
+        computation is fused.
+
+        Returns:
+            A list with one tensor per part: `(B, H, T, K)` (`(B, T, H, K)` when
+            not `heads_first`); `(B, H, T, V)` for "v".
+        """
+        denses = [{"q": self.query_dense, "k": self.key_dense, "v": self.value_dense}[p]
+                  for p in parts]
+        if any(dense.quantization_mode is not None for dense in denses):
+            # A quantized kernel is not a plain (D, H, K) tensor: one matmul each.
+            projected = [dense(inputs) for dense in denses]  # (B, T, H, K) each
+            if "q" in parts:
+                projected[0] = projected[0] * ops.cast(self._scale(), projected[0].dtype)
+            if heads_first:
+                projected = [ops.transpose(x, (0, 2, 1, 3)) for x in projected]
+            return projected
+        dtype = inputs.dtype
+        kernels, biases, widths = [], [], []
+        for part, dense in zip(parts, denses):
+            kernel = ops.cast(dense.kernel, dtype)  # (D, H, K)
+            bias = ops.cast(dense.bias, dtype) if dense.bias is not None else None
+            if part == "q":
+                scale = ops.cast(self._scale(), dtype)
+                kernel = kernel * scale
+                bias = None if bias is None else bias * scale
+            widths.append(kernel.shape[-1])
+            kernels.append(ops.reshape(kernel, (kernel.shape[0], -1)))  # (D, H * K)
+            if bias is not None:
+                biases.append(ops.reshape(bias, (-1,)))  # (H * K,)
+        kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
+        batch_size, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        # A (B*T, D) @ (D, N) matmul, N = H * (K + K + V): a rank-3 matmul would be
+        # a batch matmul whose kernel gradient sums B outer products.
+        x = ops.matmul(ops.reshape(inputs, (-1, inputs.shape[-1])), kernel)  # (B*T, N)
+        if biases:
+            x = x + (biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1))
+        heads = self.num_heads
+        if len(parts) == 1:
+            x = ops.reshape(x, (batch_size, length, heads, widths[0]))  # (B, T, H, W)
+            return [ops.transpose(x, (0, 2, 1, 3)) if heads_first else x]
+        if len(set(widths)) == 1:
+            # One transpose for all parts: (B, T, n, H, K) -> (n, B, H, T, K).
+            x = ops.reshape(x, (batch_size, length, len(parts), heads, widths[0]))
+            x = ops.transpose(x, (2, 0, 3, 1, 4) if heads_first else (2, 0, 1, 3, 4))
+            return list(ops.unstack(x, len(parts), axis=0))
+        sizes = [heads * width for width in widths]
+        splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        projected = []
+        for x_part, width in zip(ops.split(x, splits, axis=-1), widths):
+            x_part = ops.reshape(x_part, (batch_size, length, heads, width))  # (B, T, H, W)
+            projected.append(ops.transpose(x_part, (0, 2, 1, 3)) if heads_first else x_part)
+        return projected
+
+    def _scale(self):
+        return 1.0 / math.sqrt(self.key_dim)
+
+    def _read_cache(self, query, key, value, cache, cache_index, self_attention):
+        """Returns q (B, H, T, K), keys (B, H, S_max, K), values and the cache after
+        writing the new keys and values at `cache_index` (unchanged when
+        `cache_index` is None)."""
         if len(cache.shape) != 5 or cache.shape[1] != 2:
             raise ValueError(
                 "cache must have shape (B, 2, S_max, num_heads, key_dim); received cache "
@@ -241,16 +320,23 @@ class MultiHeadAttention(keras.layers.Layer):
                 "a cache stacks keys and values, so value_dim must equal key_dim; received "
                 f"key_dim={self.key_dim}, value_dim={self.value_dim}"
             )
-        key_cache, value_cache = cache[:, 0], cache[:, 1]  # (B, S_max, H, K)
         if cache_index is None:
-            return key_cache, value_cache, cache
-        start = [0, cache_index, 0, 0]
-        k = self.key_dense(key)  # (B, T, H, K)
-        v = self.value_dense(value)  # (B, T, H, K)
-        key_cache = ops.slice_update(key_cache, start, ops.cast(k, cache.dtype))
-        value_cache = ops.slice_update(value_cache, start, ops.cast(v, cache.dtype))
-        cache = ops.stack([key_cache, value_cache], axis=1)  # (B, 2, S_max, H, K)
-        return key_cache, value_cache, cache
+            (q,) = self._project(query, "q")
+        else:
+            if self_attention:
+                q, k, v = self._project(query, "qkv", heads_first=False)  # (B, T, H, K)
+            else:
+                (q,) = self._project(query, "q", heads_first=False)
+                k, v = self._project(value, "kv", False) if key is value else (
+                    self._project(key, "k", False) + self._project(value, "v", False)
+                )
+            q = ops.transpose(q, (0, 2, 1, 3))  # (B, H, T, K)
+            start = [0, 0, cache_index, 0, 0]
+            new = ops.cast(ops.stack([k, v], axis=1), cache.dtype)  # (B, 2, T, H, K)
+            cache = ops.slice_update(cache, start, new)  # (B, 2, S_max, H, K)
+        keys = ops.transpose(cache[:, 0], (0, 2, 1, 3))  # (B, H, S_max, K)
+        values = ops.transpose(cache[:, 1], (0, 2, 1, 3))
+        return q, keys, values, cache
 
     def get_config(self):
         config = super().get_config()

@@ -33,7 +33,8 @@ def scaled_dot_product_attention(
     """
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    query = ops.multiply(query, ops.cast(scale, query.dtype))
+    if scale != 1.0:  # 1.0: the caller folded the scale into its query projection
+        query = ops.multiply(query, ops.cast(scale, query.dtype))
     scores = ops.matmul(query, ops.swapaxes(key, -1, -2))  # (B, H, T, S)
     scores = masked_softmax(scores, mask)
     weights = scores if dropout_layer is None else dropout_layer(scores, training=training)

@@ -80,6 +80,54 @@ def test_matches_keras_with_causal_mask(return_scores):
     np.testing.assert_allclose(_np(out), _np(expected), atol=1e-5)
 
 
+
+@pytest.mark.parametrize("value_dim", [None, 5])
+def test_fused_projections_equal_keras_and_the_separate_ones(value_dim):
+    """One tensor as query, key and value takes the fused q/k/v matmul, a key=None
+    cross-attention the fused k/v one; outputs and weight gradients equal keras's
+    and those of the separate projections (distinct tensors)."""
+    layer, reference, _, _, _ = _pair(key_features=8, num_heads=2, key_dim=4, value_dim=value_dim)
+    x, memory = tf.constant(_normal((2, 6, 8), 5)), tf.constant(_normal((2, 6, 8), 6))
+    cases = [
+        # (fused call, separate call, keras call)
+        (lambda: layer(x, x, padding_mask=PADDING, use_causal_mask=True),
+         lambda: layer(x, tf.identity(x), tf.identity(x), padding_mask=PADDING,
+                       use_causal_mask=True),
+         lambda: reference(x, x, value_mask=PADDING, use_causal_mask=True)),
+        (lambda: layer(x[:, :4], memory, padding_mask=PADDING),
+         lambda: layer(x[:, :4], memory, tf.identity(memory), padding_mask=PADDING),
+         lambda: reference(x[:, :4], memory, value_mask=PADDING)),
+    ]
+    for fused, separate, keras_call in cases:
+        results = []
+        for call, variables in ((fused, layer.trainable_variables),
+                                (separate, layer.trainable_variables),
+                                (keras_call, reference.trainable_variables)):
+            with tf.GradientTape() as tape:
+                out = call()
+                loss = tf.reduce_sum(out * tf.range(out.shape[-1], dtype=out.dtype))
+            results.append((out, tape.gradient(loss, variables)))
+        for out, grads in results[1:]:
+            np.testing.assert_allclose(_np(results[0][0]), _np(out), atol=1e-5)
+            for ours, theirs in zip(results[0][1], grads):
+                np.testing.assert_allclose(_np(ours), _np(theirs), atol=1e-4)
+
+
+def test_fused_self_attention_cache_step_equals_full_pass():
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    x = tf.constant(_normal((2, 6, 8), 0))
+    full = _np(layer(x, x, padding_mask=PADDING, use_causal_mask=True))
+    cache = tf.zeros((2, 2, 6, 2, 4))
+    outputs = []
+    for t in range(6):
+        token = x[:, t : t + 1]
+        out, cache = layer(token, token, padding_mask=PADDING, use_causal_mask=True,
+                           cache=cache, cache_index=t)
+        outputs.append(_np(out))
+    np.testing.assert_allclose(np.concatenate(outputs, axis=1), full, atol=1e-5)
+    np.testing.assert_allclose(_np(cache[:, 0]), _np(layer.key_dense(x)), atol=1e-6)
+    np.testing.assert_allclose(_np(cache[:, 1]), _np(layer.value_dense(x)), atol=1e-6)
+
 def _decode(layer, x, steps, padding_mask=None, step_fn=None):
     """Feeds `x` through `layer` in chunks `steps` with a cache; returns outputs, cache."""
     batch, length, _ = x.shape
