@@ -17,6 +17,7 @@ FORMATS: dict[str, str] = {
     "labelled_images": "images (uint8 (H, W, 3) or encoded bytes) -> label names",
     "image_masks": "images -> masks of class indices (uint8 (H, W))",
     "image_captions": "images -> lists of reference captions",
+    "image_questions": "images -> lists of (question, answer) pairs",
     "text_lines": "texts (str, one per line) -> document ids (int; blank lines separate documents)",
 }
 

@@ -161,6 +161,21 @@ class SyntheticSource(Source):
         return Splits(**{split: (list(batch.images), list(batch.captions))
                          for split, batch in batches.items()})
 
+    def image_questions(self) -> Splits:
+        """64 x 64 scenes -> (question, answer) pairs answered from each scene's shapes ("what
+        colour is the triangle?" -> "red", "how many circles?" -> "two"; only questions whose
+        answer the scene defines, `scene_questions`); the scenes of `image_captions`."""
+        import numpy as np
+
+        from pipelines.data.scene_questions import scene_questions
+
+        splits = {}
+        for offset, (split, batch) in enumerate(self._scenes(6000, 500, 500).items()):
+            rng = np.random.default_rng([self.seed, offset, 1])  # scenes draw from [seed, offset]
+            splits[split] = (list(batch.images),
+                             [scene_questions(shapes, rng) for shapes in batch.shapes])
+        return Splits(**splits)
+
     def scene_shapes(self) -> dict[str, list]:
         """{split: the `scenes.Shape` records of each scene `image_captions` returns} (the
         largest shape first): the labels and held-out colour-shape pairs of image_text."""
