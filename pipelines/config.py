@@ -273,6 +273,12 @@ def check_image_text(task: DictConfig, data: DictConfig | None = None) -> None:
     if task.holdout_pairs and data is not None and option_value(data.source) != "synthetic":
         raise ConfigError(f"task.holdout_pairs needs generated scenes (data=synthetic); "
                           f"received data={option_value(data.source)}")
+    check_text_tower(task)
+
+
+def check_text_tower(task: DictConfig) -> None:
+    """`task.text_tower` (a model group with the sequence_encoder role) and the keys of
+    `task.text_tower_options` (image_text, visual_qa)."""
     towers = [name for name, option in model_options().items()
               if "sequence_encoder" in option.get("roles", [])]
     if task.text_tower not in towers:
@@ -287,6 +293,65 @@ def check_image_text(task: DictConfig, data: DictConfig | None = None) -> None:
         if unknown:
             raise ConfigError(f"task.text_tower_options.{tower} has keys {unknown} that model="
                               f"{tower} does not have; its keys: {', '.join(sorted(known))}")
+
+
+class Fusion(str, enum.Enum):
+    film = "film"  # the question scales and shifts every image location's features (FiLM)
+    product = "product"  # pooled image features times question features, elementwise
+    concat = "concat"  # pooled image features beside question features
+
+
+@dataclass
+class VisualQaTask(TaskConfig):
+    image_size: int = 64  # images resized to this square (training and serving)
+    question_length: int = 12  # question words (longer questions are cut)
+    vocabulary_size: int = 1000  # question words, learned on the training questions
+    lowercase: bool = True
+    # The question encoder: a model group with the sequence_encoder role, as task=image_text's
+    # text tower (task.text_tower_options.<group> changes its keys).
+    text_tower: str = "lstm"
+    text_tower_options: dict[str, Any] = field(default_factory=dict)
+    fusion: Fusion = Fusion.film
+    fusion_dim: int = 128  # width of the fused image-question features
+    dropout: float = 0.1  # before the answer classifier
+    # The question types asked (scene_questions.QUESTION_TYPES); the others are left out.
+    question_types: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
+    num_samples: int = 20  # answered test questions written to samples.json
+    monitor: str = "val_accuracy"
+
+    @staticmethod
+    def check(task: DictConfig, data: DictConfig | None = None) -> None:
+        check_visual_qa(task, data)
+
+
+def check_visual_qa(task: DictConfig, data: DictConfig | None = None) -> None:
+    """task=visual_qa's own checks (no TF): question types, sizes, the question encoder, a
+    data source that reads the task's format."""
+    from pipelines.data.scene_questions import QUESTION_TYPES
+
+    types = [str(t) for t in task.question_types]
+    unknown = sorted(set(types) - set(QUESTION_TYPES))
+    if not types or unknown or len(set(types)) < len(types):
+        raise ConfigError(f"task.question_types must be a non-empty list of distinct types from "
+                          f"{', '.join(QUESTION_TYPES)}; received task.question_types={types}")
+    for key in ("image_size", "question_length", "vocabulary_size", "fusion_dim"):
+        if task[key] < 1:
+            raise ConfigError(f"task.{key} must be >= 1; received task.{key}={task[key]}")
+    if not 0.0 <= task.dropout < 1.0:
+        raise ConfigError(f"task.dropout must be in [0, 1); received task.dropout={task.dropout}")
+    check_text_tower(task)
+    if data is not None and option_value(data.source) != "tfrecord":  # its manifest decides
+        from hydra.utils import get_class
+
+        from pipelines.data.source import FORMATS
+
+        source = get_class(data._target_)
+        if not callable(getattr(source, task.reader, None)):
+            reads = [name for name in FORMATS if callable(getattr(source, name, None))]
+            raise ConfigError(
+                f"task={task.name} reads the format {task.reader} ({FORMATS[task.reader]}), "
+                f"which data={option_value(data.source)} cannot read (it reads "
+                f"{', '.join(reads)}); data=synthetic generates it from its scenes")
 
 
 class Aggregate(str, enum.Enum):
@@ -604,6 +669,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
              "masked_lm": MaskedLmTask,
              "image_classification": ImageClassificationTask,
              "image_text": ImageTextTask, "zero_shot_text": ZeroShotTextTask,
+             "visual_qa": VisualQaTask,
              "language_modeling": LanguageModelingTask},
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
               "cnn": CnnModel, "vit": VitModel},
