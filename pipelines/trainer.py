@@ -317,13 +317,17 @@ class Trainer:
         return state.history
 
     def _distribute(self, dataset: tf.data.Dataset):
-        """Splits the global batches across replicas and workers. The tasks' datasets are in
-        memory, with no files to shard, so workers split by example (DATA); AUTO would reach
-        the same policy only after failing on files, with a warning per run."""
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA)
-        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+        """Splits the global batches across replicas and workers. A dataset in memory has no
+        files to shard, so workers split by example (DATA); AUTO would reach the same policy
+        only after failing on files, with a warning per run. A dataset that chose its policy
+        keeps it (a streaming split: FILE when every worker gets a file,
+        `pipelines.data.streaming`)."""
+        policy = tf.data.experimental.AutoShardPolicy
+        if dataset.options().experimental_distribute.auto_shard_policy == policy.AUTO:
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = policy.DATA
+            dataset = dataset.with_options(options)
+        return self.strategy.experimental_distribute_dataset(dataset)
 
     def _save_point(self, partial: PartialEpoch) -> None:
         self.state.partial = partial

@@ -257,3 +257,23 @@ def test_two_workers_read_half_each_by_file_or_by_example(tmp_path):
             sharded = _AutoShardDataset(dataset.with_options(options), 2, worker)
             got = [rows.index(s.decode()) for s, _ in sharded.as_numpy_iterator()]
             assert got == expected[worker], (policy, worker)
+
+
+def test_the_trainer_keeps_a_streaming_splits_shard_policy(tmp_path):
+    from types import SimpleNamespace
+
+    from pipelines.tasks import build_task
+    from pipelines.trainer import Trainer
+
+    _, out, _ = _prepare(tmp_path, "translation", *SMALL, shards=4)
+    task = build_task(compose_config(["task=translation", *SMOKE, "data=tfrecord",
+                                      f"data.path={out}", "data.streaming=true"]))
+    splits = task.load()
+    task.adapt(splits)
+    seen = []
+    strategy = SimpleNamespace(experimental_distribute_dataset=seen.append)
+    policy = tf.data.experimental.AutoShardPolicy
+    for pair, expected in ((splits.train, policy.FILE), (splits.validation, policy.DATA)):
+        Trainer._distribute(SimpleNamespace(strategy=strategy),
+                            task.dataset(pair, training=True, batch_size=4))
+        assert seen[-1].options().experimental_distribute.auto_shard_policy == expected
