@@ -14,7 +14,9 @@ A model decodes through a *step function*:
   `new_state` has the structure and shapes of `state`.
 
 Both searches are pure TensorFlow: one `tf.while_loop` over a static
-`max_length`, which stops early once every sequence has produced `end_id`. They
+`max_length`, which stops early once every sequence (every beam) has produced
+`end_id` (`early_exit=False` runs all steps, for the same tokens); the output
+stays `(B, max_length)`, padded with `pad_id`. They
 run eagerly, inside `tf.function` (also with `jit_compile=True`) and inside an
 exported SavedModel signature. Logits are log-softmaxed in float32, so models
 may run in mixed precision.
@@ -77,6 +79,7 @@ def greedy_search(
     end_id: int,
     pad_id: int = 0,
     forced_ids: Optional[tf.Tensor] = None,
+    early_exit: bool = True,
 ) -> tf.Tensor:
     """Decodes by taking the most probable token at every step.
 
@@ -91,6 +94,9 @@ def greedy_search(
             rows. Defaults to `0`.
         forced_ids: optional int `(B, max_length)`, tokens forced at the
             positions where they are `>= 0` (see the module docstring).
+        early_exit: bool; True (the default) stops once every row has produced
+            `end_id`, False runs all `max_length` steps (the same tokens; for
+            benchmarks that time the full length).
 
     Returns:
         int32 `(B, max_length)`, the output tokens without the start token.
@@ -105,7 +111,8 @@ def greedy_search(
         # top_k rather than argmax: the same op and tie-breaking as beam_search.
         return tf.math.top_k(log_probs, k=1)[1][:, 0]  # (B,)
 
-    return _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids)
+    return _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids,
+                      early_exit)
 
 
 def sample_search(
@@ -121,12 +128,13 @@ def sample_search(
     seed: int = 0,
     pad_id: int = 0,
     forced_ids: Optional[tf.Tensor] = None,
+    early_exit: bool = True,
 ) -> tf.Tensor:
     """Decodes by drawing every token from the model's (filtered) distribution.
 
     Args:
-        step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids: as in
-            `greedy_search`.
+        step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids,
+            early_exit: as in `greedy_search`.
         strategy: `"random"` (every token), `"top_k"` (the `top_k` most probable)
             or `"top_p"` (the smallest set of most probable tokens whose
             probability reaches `top_p`, after the temperature). Defaults to
@@ -149,7 +157,8 @@ def sample_search(
     """
     check_sampling(strategy, top_k, top_p, temperature)
     if temperature == 0:
-        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids)
+        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids,
+                             early_exit)
 
     def choose(log_probs, index):
         scaled = log_probs / temperature  # (B, V); softmax(scaled) = p^(1/T), renormalised
@@ -171,7 +180,8 @@ def sample_search(
         draw = tf.random.stateless_categorical(values, 1, seeds)  # (B, 1) into the k
         return tf.gather(ids, tf.cast(draw, tf.int32), batch_dims=1)[:, 0]  # (B,)
 
-    return _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids)
+    return _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids,
+                      early_exit)
 
 
 def check_sampling(strategy, top_k, top_p, temperature) -> None:
@@ -187,7 +197,8 @@ def check_sampling(strategy, top_k, top_p, temperature) -> None:
         raise ValueError(f"temperature must be >= 0; received temperature={temperature!r}")
 
 
-def _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids):
+def _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, forced_ids,
+               early_exit=True):
     """The loop of greedy search and sampling: `choose(log_probs (B, V), index)` -> (B,)
     picks every row's next token; forced tokens override it."""
     _check_max_length(max_length)
@@ -208,7 +219,7 @@ def _pick_loop(step_fn, state, start_ids, max_length, end_id, pad_id, choose, fo
         return index + 1, next_ids, state, tokens, finished
 
     def cond(index, token_ids, state, tokens, finished):
-        return ~tf.reduce_all(finished)
+        return ~tf.reduce_all(finished) if early_exit else tf.constant(True)
 
     if forced_ids is not None:
         forced_ids = _check_forced(forced_ids, max_length)
@@ -240,6 +251,7 @@ def beam_search(
     length_penalty: float = 0.6,
     pad_id: int = 0,
     forced_ids: Optional[tf.Tensor] = None,
+    early_exit: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decodes with beam search and returns the best hypothesis of every row.
 
@@ -261,6 +273,9 @@ def beam_search(
         forced_ids: optional int `(B, max_length)`, tokens forced at the
             positions where they are `>= 0`, in every beam (see the module
             docstring); they count in the score and the length.
+        early_exit: bool; True (the default) stops once every beam of every row
+            has produced `end_id`, False runs all `max_length` steps (the same
+            tokens and scores).
 
     Returns:
         `(tokens, scores)`: int32 `(B, max_length)`, the best hypothesis without
@@ -275,7 +290,7 @@ def beam_search(
     """
     sequences, scores = _beam_search(
         step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id,
-        forced_ids,
+        forced_ids, early_exit,
     )
     return sequences[:, 0], scores[:, 0]
 
@@ -295,6 +310,7 @@ def decode(
     temperature: float = 1.0,
     seed: int = 0,
     forced_ids: Optional[tf.Tensor] = None,
+    early_exit: bool = True,
 ) -> tf.Tensor:
     """The search `strategy` names (`STRATEGIES`): `"greedy"`, `"beam"` (greedy when
     `beam_size == 1`) or one of the samplers of `sample_search`. `None` (the default) is
@@ -309,19 +325,20 @@ def decode(
         raise ValueError(f"strategy must be one of {STRATEGIES}; received strategy={strategy!r}")
     if strategy in SAMPLERS:
         return sample_search(step_fn, state, start_ids, max_length, end_id, strategy, top_k,
-                             top_p, temperature, seed, pad_id, forced_ids)
+                             top_p, temperature, seed, pad_id, forced_ids, early_exit)
     if strategy == "greedy" or beam_size == 1:
-        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids)
+        return greedy_search(step_fn, state, start_ids, max_length, end_id, pad_id, forced_ids,
+                             early_exit)
     tokens, _ = beam_search(
         step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id,
-        forced_ids,
+        forced_ids, early_exit,
     )
     return tokens
 
 
 def _beam_search(
     step_fn, state, start_ids, max_length, end_id, beam_size, length_penalty, pad_id,
-    forced_ids=None,
+    forced_ids=None, early_exit=True,
 ):
     """Beam search returning every beam: `(sequences (B, K, L), scores (B, K))`,
     beams sorted by their length-normalised score, best first."""
@@ -383,7 +400,7 @@ def _beam_search(
         return index + 1, token_ids, state, sequences, log_probs_sum, lengths, finished
 
     def cond(index, token_ids, state, sequences, log_probs_sum, lengths, finished):
-        return ~tf.reduce_all(finished)
+        return ~tf.reduce_all(finished) if early_exit else tf.constant(True)
 
     state = tf.nest.map_structure(lambda s: tf.repeat(s, k, axis=0), state)  # (B*K, ...)
     token_ids = tf.repeat(start_ids, k, axis=0)  # (B*K,)

@@ -185,6 +185,67 @@ def test_length_penalty_chooses_between_short_and_long(
     np.testing.assert_allclose(scores, [expected_score], atol=1e-5)
 
 
+# --- early exit ---------------------------------------------------------------------------
+
+
+def counting_step(transitions):
+    """`table_step` that also counts its calls in a variable (eagerly and in a graph)."""
+    step_fn, calls = table_step(transitions), tf.Variable(0)
+
+    def counted(token_ids, state, index):
+        calls.assign_add(1)
+        return step_fn(token_ids, state, index)
+
+    return counted, calls
+
+
+@pytest.mark.parametrize("jit_compile", [None, False, True])
+def test_early_exit_gives_the_tokens_of_all_steps(jit_compile):
+    # Greedy ends every row of BATCH_* by step 2 of 8, beam search every beam by step 3 (row 2's
+    # second beam is A C END): early exit runs 2 and 3 steps, the full loop 8, and the tokens,
+    # scores and padded (B, max_length) shapes agree.
+    max_length, results, steps = 8, {}, {}
+    for early_exit in (True, False):
+        (greedy_fn, greedy_calls), (beam_fn, beam_calls), (sample_fn, sample_calls) = [
+            counting_step(GREEDY_IS_WRONG) for _ in range(3)]
+
+        def searches(start_ids, bias):
+            state = toy_state(3, bias)
+            return (greedy_search(greedy_fn, state, start_ids, max_length, END,
+                                  early_exit=early_exit),
+                    *beam_search(beam_fn, state, start_ids, max_length, END, 2, 0.6,
+                                 early_exit=early_exit),
+                    decode(sample_fn, state, start_ids, max_length, END, strategy="top_k",
+                           top_k=2, seed=3, early_exit=early_exit))
+
+        run = searches if jit_compile is None else tf.function(searches, jit_compile=jit_compile)
+        results[early_exit] = [t.numpy() for t in run(starts(*BATCH_STARTS),
+                                                      tf.constant(BATCH_BIAS))]
+        steps[early_exit] = [int(c.numpy()) for c in (greedy_calls, beam_calls, sample_calls)]
+    greedy, beam, scores, sampled = results[True]
+    assert greedy.shape == beam.shape == sampled.shape == (3, max_length)
+    np.testing.assert_array_equal(greedy[:, :4], EXPECTED_GREEDY)
+    np.testing.assert_array_equal(beam[:, :4], EXPECTED_BEAM)
+    assert (greedy[:, 4:] == PAD).all() and (beam[:, 4:] == PAD).all()
+    # Sampling stops at the step after which every row holds END (the longest row's length).
+    last_end = max(row.tolist().index(END) + 1 for row in sampled)
+    assert steps == {True: [2, 3, last_end], False: [max_length] * 3}
+    assert last_end < max_length
+    for early, full in zip(results[True], results[False]):
+        np.testing.assert_array_equal(early, full)
+
+
+def test_full_length_when_a_row_never_ends():
+    # Row 0 loops on A: early exit cannot stop before max_length, and both runs agree.
+    transitions = {START: {A: 1.0}, A: {A: 0.9, END: 0.1}, C: {END: 1.0}}
+    for early_exit in (True, False):
+        step_fn, calls = counting_step(transitions)
+        tokens, _ = beam_search(step_fn, toy_state(2), starts(START, C), 5, END, 2,
+                                early_exit=early_exit)
+        np.testing.assert_array_equal(tokens, [[A] * 5, [END] + [PAD] * 4])
+        assert calls.numpy() == 5
+
+
 # --- tf.function, XLA, SavedModel ---------------------------------------------------------
 
 # Three rows with different outcomes: row 1 starts at B, row 2 is biased towards C.
