@@ -316,6 +316,9 @@ class VisualQaTask(TaskConfig):
     dropout: float = 0.1  # before the answer classifier
     # The question types asked (scene_questions.QUESTION_TYPES); the others are left out.
     question_types: list[str] = field(default_factory=lambda: ["colour", "shape", "count"])
+    # Training: the questions each image brings to a batch (encoded once for all of them);
+    # trainer.batch_size counts questions and must be a multiple of it.
+    questions_per_image: int = 4
     num_samples: int = 20  # answered test questions written to samples.json
     monitor: str = "val_accuracy"
 
@@ -334,7 +337,8 @@ def check_visual_qa(task: DictConfig, data: DictConfig | None = None) -> None:
     if not types or unknown or len(set(types)) < len(types):
         raise ConfigError(f"task.question_types must be a non-empty list of distinct types from "
                           f"{', '.join(QUESTION_TYPES)}; received task.question_types={types}")
-    for key in ("image_size", "question_length", "vocabulary_size", "fusion_dim"):
+    for key in ("image_size", "question_length", "vocabulary_size", "fusion_dim",
+                "questions_per_image"):
         if task[key] < 1:
             raise ConfigError(f"task.{key} must be >= 1; received task.{key}={task[key]}")
     if not 0.0 <= task.dropout < 1.0:
@@ -530,6 +534,9 @@ class DecodeConfig:
     top_p: float = 0.9
     temperature: float = 1.0  # 0: greedy
     seed: int = 0  # sampling draws are stateless, seeded (seed, step)
+    # translation/captioning: XLA-compile the search; auto: where benchmarks decoding_vs_recipe
+    # measured it faster for the decoder on this device (pipelines.decoding.choose_jit_compile)
+    jit_compile: Any = "auto"
 
 
 @dataclass
@@ -785,6 +792,9 @@ def _check_decode(cfg: DictConfig) -> None:
     if decode.temperature < 0:
         raise ConfigError(f"decode.temperature must be >= 0 (0: greedy); received "
                           f"{decode.temperature}")
+    if decode.get("jit_compile", "auto") not in (True, False, "auto"):
+        raise ConfigError(f"decode.jit_compile must be auto, true or false; received "
+                          f"{decode.jit_compile!r}")
 
 
 def schema_fields(node: type) -> list[str]:

@@ -38,6 +38,7 @@ import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from pipelines.config import check_visual_qa, option_value
 from pipelines.data import Splits
@@ -50,7 +51,7 @@ from pipelines.tasks.image_text import text_tower_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureModulation", "VisualQa", "check_questions"]
+__all__ = ["FeatureModulation", "RepeatForQuestions", "VisualQa", "check_questions"]
 
 
 def check_questions(splits: Splits) -> None:
@@ -83,6 +84,28 @@ class FeatureModulation(keras.layers.Layer):
 
     def call(self, features, scale, shift):
         return features * (1.0 + scale[:, None, :]) + shift[:, None, :]  # (B, N, F)
+
+
+@keras.saving.register_keras_serializable(package="pipelines")
+class RepeatForQuestions(keras.layers.Layer):
+    """Each image's features repeated for its questions: the question batch holds K
+    consecutive questions per image, K = (question batch) / (image batch); 1 when every
+    question comes with its own image (evaluation, serving).
+
+    Call arguments:
+        features: (B, ...), one row per image.
+        questions: (K * B, L).
+
+    Returns:
+        (K * B, ...): row i is the features of image i // K.
+    """
+
+    def call(self, features, questions):
+        repeats = ops.shape(questions)[0] // ops.shape(features)[0]
+        return ops.repeat(features, repeats, axis=0)
+
+    def compute_output_shape(self, features_shape, questions_shape):
+        return (questions_shape[0], *features_shape[1:])
 
 
 class VisualQa(Task):
@@ -179,20 +202,50 @@ class VisualQa(Task):
                                  np.int32)}
 
     def dataset(self, pair, training, batch_size):
+        """Training: batch_size / K images, each with K of its questions drawn at random
+        (K = `task.questions_per_image`, without repeats where an image has K), so a step
+        encodes each image once for K questions; the questions of an image follow each other
+        (`RepeatForQuestions`). Otherwise every question once, beside its own image."""
+        if training:
+            return self._training_dataset(pair, batch_size)
         images = tf.constant(self.images(pair))  # (N, S, S, 3) uint8, gathered per batch
         rows = self.examples(pair)
         known = rows["answer"] >= 0  # unseen answers: no loss (they count as wrong in evaluate)
         ds = tf.data.Dataset.from_tensor_slices(
             tuple(rows[key][known] for key in ("image", "ids", "answer", "type")))
-        if training:
-            ds = ds.shuffle(int(known.sum()), seed=self.seed,
-                            reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=training)
 
         def split(index, ids, answer, kind):
             x = {"image": tf.cast(tf.gather(images, index), tf.float32), "question": ids}
             return x, {"answer": answer, "type": kind}
 
+        ds = ds.batch(batch_size).map(plain(split), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def _training_dataset(self, pair, batch_size):
+        k = int(self.task_cfg.questions_per_image)
+        if batch_size % k:
+            raise ValueError(f"trainer.batch_size={batch_size} must be a multiple of "
+                             f"task.questions_per_image={k} (each image of a training batch "
+                             f"brings {k} questions)")
+        images, rows = self.images(pair), self.examples(pair)  # rows grouped by image, in order
+        counts = np.bincount(rows["image"], minlength=len(images)).astype(np.int32)  # (N,)
+        starts = (np.cumsum(counts) - counts).astype(np.int32)  # each image's first row
+        ids, answers, types = (tf.constant(rows[key]) for key in ("ids", "answer", "type"))
+        ds = tf.data.Dataset.from_tensor_slices((images, starts, counts))
+        ds = ds.shuffle(len(images), seed=self.seed, reshuffle_each_iteration=True).repeat()
+
+        def pick(image, start, count):  # K of the image's questions
+            chosen = start + tf.gather(tf.random.shuffle(tf.range(count)), tf.range(k) % count)
+            return image, tf.gather(ids, chosen), tf.gather(answers, chosen), tf.gather(types, chosen)
+
+        def split(image, question, answer, kind):  # (B / K, S, S, 3), (B / K, K, L), (B / K, K)
+            x = {"image": tf.cast(image, tf.float32),
+                 "question": tf.reshape(question, [batch_size, self.question_length])}
+            return x, {"answer": tf.reshape(answer, [batch_size]),
+                       "type": tf.reshape(kind, [batch_size])}
+
+        ds = ds.map(plain(pick), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size // k, drop_remainder=True)
         return ds.map(plain(split), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     # ------------------------------------------------------------------ model
@@ -210,8 +263,9 @@ class VisualQa(Task):
         ids = keras.Input((self.question_length,), dtype="int32", name="question")
         answerer = keras.Model({"features": features, "question": ids},
                                self._answer(features, ids), name="answerer")
+        features = RepeatForQuestions(name="for_questions")(image_features(images), question)
         return keras.Model({"image": images, "question": question},
-                           answerer({"features": image_features(images), "question": question}),
+                           answerer({"features": features, "question": question}),
                            name=self.model_name)  # (B, answers)
 
     def _answer(self, x, question):

@@ -153,11 +153,36 @@ def test_two_inputs_one_output_for_every_fusion(model, fusion):
     task.adapt(splits)
     model = task.build_model()
     assert set(model.input) == {"image", "question"} and len(model.outputs) == 1
-    x, y = next(iter(task.dataset(splits.train, training=True, batch_size=4)))
+    x, y = next(iter(task.dataset(splits.train, training=False, batch_size=4)))
     assert x["image"].shape == (4, 32, 32, 3) and x["question"].shape == (4, 12)
     logits = model(x)
     assert logits.shape == (4, len(task.answers)) and logits.dtype == tf.float32
     assert task.loss(y, logits).shape == (4,)
+
+
+def test_a_training_batch_brings_k_questions_of_each_image_encoded_once():
+    task = build_task(_cfg(*TINY, "task.questions_per_image=4"))
+    splits = task.load()
+    task.adapt(splits)
+    x, y = next(iter(task.dataset(splits.train, training=True, batch_size=8)))
+    assert x["image"].shape == (2, 32, 32, 3) and x["question"].shape == (8, 12)
+    assert y["answer"].shape == y["type"].shape == (8,)
+    images, rows = task.images(splits.train), task.examples(splits.train)
+    for i, image in enumerate(x["image"].numpy()):  # the image's own questions, 4 different
+        (index,) = [n for n in range(len(images)) if (images[n] == image).all()]
+        own = {tuple(ids) for ids in rows["ids"][rows["image"] == index]}
+        group = [tuple(ids) for ids in x["question"].numpy()[4 * i:4 * i + 4]]
+        assert set(group) <= own and len(set(group)) == min(4, len(own))
+    # The model repeats each image's features for its questions: the same logits as the
+    # images given one per question.
+    model = task.build_model()
+    repeated = tf.repeat(x["image"], 4, axis=0)
+    np.testing.assert_allclose(model(x).numpy(),
+                               model({"image": repeated, "question": x["question"]}).numpy(),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="trainer.batch_size=6 must be a multiple of "
+                                         "task.questions_per_image=4"):
+        task.dataset(splits.train, training=True, batch_size=6)
 
 
 def test_stats_count_each_question_type_apart():
