@@ -42,6 +42,7 @@ EXPECTED = {
     "coco_mini_captioning": ("captioning", "gru", COCO),
     "coco_mini_image_text": ("image_text", "cnn", COCO_IMAGE_TEXT),
     "scenes_zero_shot": ("image_text", "cnn", {}),
+    "scenes_visual_qa": ("visual_qa", "cnn", {}),
     "lm_multi30k_en": ("language_modeling", "transformer",
                        {split: f"{path}.en.gz" for split, path in MULTI30K.items()}),
     "sst2_masked_lm": ("masked_lm", "transformer", SST2_PHRASES),
@@ -60,7 +61,7 @@ NEED_THE_RUN = {"sst2_zero_shot"}
 # Smoke runs pretrain on 128 lines: verbalizer words every WordPiece vocabulary holds (letters).
 SMOKE = {"sst2_zero_shot": ["task.verbalizers.negative=[a]", "task.verbalizers.positive=[e]"]}
 WITHOUT_PRETRAINING_RUN = ("model.init_from=null", "trainer.freeze_epochs=0")
-GENERATED = {"scenes_zero_shot"}  # data=synthetic: no files, no data_root
+GENERATED = {"scenes_zero_shot", "scenes_visual_qa"}  # data=synthetic: no files, no data_root
 MNIST = {"mnist_cnn", "mnist_vit"}  # image folders converted from IDX: `mnist_dir`, not data_root
 METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"},
            "sentiment": {"accuracy", "macro_f1"},
@@ -73,7 +74,9 @@ METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"}
            "zero_shot_text": {"accuracy", "macro_f1", "chance_accuracy", "lexicon_accuracy",
                               "lexicon_macro_f1"},
            "image_text": {f"{way}_recall_at_{k}" for way in ("image_to_text", "text_to_image")
-                          for k in (1, 5, 10)}}
+                          for k in (1, 5, 10)},
+           "visual_qa": {"accuracy", "colour_accuracy", "shape_accuracy", "count_accuracy",
+                         "prior_accuracy"}}
 # Experiments whose metrics differ from their task's default set.
 EXPERIMENT_METRICS = {"scenes_zero_shot": METRICS["image_text"] | {
     "zero_shot_harmonic", "zero_shot_unseen", "zero_shot_seen", "zero_shot_unseen_images",
