@@ -34,6 +34,14 @@ def compose_cfg(task, model, *overrides):
     return cfg
 
 
+def cpu_model() -> str:
+    """The CPU's model name and core count (the machine a benchmark's numbers belong to)."""
+    names = [line.split(":", 1)[1].strip()
+             for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if pathlib.Path("/proc/cpuinfo").exists() else []
+    return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def print_ratio(label, value):
     """The one line a benchmark is read by: `RATIO label = value`."""
     print(f"RATIO {label} = {value:.2f}", flush=True)
