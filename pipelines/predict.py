@@ -13,8 +13,6 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def _to_python(value):
     if isinstance(value, bytes):
@@ -42,12 +40,15 @@ def _fed(feed: dict[str, list[str]], names: set[str], count: int, saved_model: s
 
 def predict(saved_model: str, inputs: list[str], labels: list[str] | None = None,
             feed: dict[str, list[str]] | None = None) -> list[dict]:
-    import tensorflow as tf
+    from pipelines.logs import quiet_tensorflow
 
-    try:
-        import tensorflow_text  # noqa: F401 - registers ops some exported tokenizers use
-    except ImportError:
-        pass
+    with quiet_tensorflow():  # no absl / CUDA-probe chatter unless PIPELINES_TF_LOGS=1
+        import tensorflow as tf
+
+        try:
+            import tensorflow_text  # noqa: F401 - registers ops some exported tokenizers use
+        except ImportError:
+            pass
     loaded = tf.saved_model.load(saved_model)
     serve = loaded.signatures["serving_default"]
     names = set(serve.structured_input_signature[1].keys())

@@ -72,11 +72,15 @@ def test_predict_prints_json_lines(tmp_path):
     result, _ = _cli("debug=smoke", "logger=none", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "mlflow_run_id").exists()  # logger=none logs nothing
+    user_env = {key: value for key, value in os.environ.items()  # no TF_CPP_MIN_LOG_LEVEL
+                if key not in ("TF_CPP_MIN_LOG_LEVEL", "PIPELINES_TF_LOGS")}
     predicted = subprocess.run(
         [sys.executable, "-m", "pipelines.predict", str(run_dir / "saved_model"), "not bad", "awful"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True, text=True, cwd=REPO, timeout=120, env=user_env,
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert not [line for line in predicted.stderr.splitlines() if TF_CHATTER.search(line)], \
+        predicted.stderr[-2000:]
     rows = [json.loads(line) for line in predicted.stdout.strip().splitlines()]
     assert [row["input"] for row in rows] == ["not bad", "awful"]
     assert all(row["label"] in ("negative", "positive") and len(row["probabilities"]) == 2 for row in rows)
