@@ -279,20 +279,52 @@ def check_image_text(task: DictConfig, data: DictConfig | None = None) -> None:
 def check_text_tower(task: DictConfig) -> None:
     """`task.text_tower` (a model group with the sequence_encoder role) and the keys of
     `task.text_tower_options` (image_text, visual_qa)."""
-    towers = [name for name, option in model_options().items()
-              if "sequence_encoder" in option.get("roles", [])]
-    if task.text_tower not in towers:
-        raise ConfigError(f"task.text_tower={task.text_tower} is not a text encoder; valid: "
-                          f"{', '.join(towers)}")
-    for tower, options in task.text_tower_options.items():
-        if tower not in towers:
-            raise ConfigError(f"task.text_tower_options.{tower}: {tower} is not a text encoder; "
-                              f"valid: {', '.join(towers)}")
-        known = set(model_options()[tower]) - {"defaults", "name", "_target_", "roles"}
-        unknown = sorted(set(options) - known)
+    check_model_group("task.text_tower", task.text_tower, "task.text_tower_options",
+                      task.text_tower_options, "sequence_encoder", "a text encoder")
+
+
+def check_model_group(key: str, name: str, options_key: str, options, role: str, what: str,
+                      unused: dict[str, list[str]] | None = None) -> None:
+    """A second model group that a task key names (`key=name`; image_text's text tower,
+    multitask's caption decoder): one whose `roles` hold `role` ("is not `what`" otherwise),
+    and `options` ({group: {key: value}}, at `options_key`) holding only keys of that group's
+    yaml, none of them in `unused[group]` (keys the task does not read)."""
+    groups = [group for group, option in model_options().items()
+              if role in option.get("roles", [])]
+    if name not in groups:
+        raise ConfigError(f"{key}={name} is not {what}; valid: {', '.join(groups)}")
+    for group, changes in options.items():
+        if group not in groups:
+            raise ConfigError(f"{options_key}.{group}: {group} is not {what}; valid: "
+                              f"{', '.join(groups)}")
+        skipped = set((unused or {}).get(group, []))
+        known = set(model_options()[group]) - {"defaults", "name", "_target_", "roles"}
+        unknown = sorted(set(changes) - known)
         if unknown:
-            raise ConfigError(f"task.text_tower_options.{tower} has keys {unknown} that model="
-                              f"{tower} does not have; its keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"{options_key}.{group} has keys {unknown} that model={group} "
+                              f"does not have; its keys: {', '.join(sorted(known - skipped))}")
+        refused = sorted(set(changes) & skipped)
+        if refused:
+            raise ConfigError(f"{options_key}.{group} has keys {refused} that {what} does not "
+                              f"read; the keys it reads: {', '.join(sorted(known - skipped))}")
+
+
+def check_source_reads(task: DictConfig, data: DictConfig | None) -> None:
+    """The data source can read the task's format `task.reader` (data=tfrecord: its manifest
+    decides, when it is read)."""
+    if data is None or option_value(data.source) == "tfrecord":
+        return
+    from hydra.utils import get_class
+
+    from pipelines.data.source import FORMATS
+
+    source = get_class(data._target_)
+    if not callable(getattr(source, task.reader, None)):
+        reads = [name for name in FORMATS if callable(getattr(source, name, None))]
+        raise ConfigError(
+            f"task={task.name} reads the format {task.reader} ({FORMATS[task.reader]}), "
+            f"which data={option_value(data.source)} cannot read (it reads "
+            f"{', '.join(reads)}); data=synthetic generates it from its scenes")
 
 
 class Fusion(str, enum.Enum):
@@ -344,18 +376,7 @@ def check_visual_qa(task: DictConfig, data: DictConfig | None = None) -> None:
     if not 0.0 <= task.dropout < 1.0:
         raise ConfigError(f"task.dropout must be in [0, 1); received task.dropout={task.dropout}")
     check_text_tower(task)
-    if data is not None and option_value(data.source) != "tfrecord":  # its manifest decides
-        from hydra.utils import get_class
-
-        from pipelines.data.source import FORMATS
-
-        source = get_class(data._target_)
-        if not callable(getattr(source, task.reader, None)):
-            reads = [name for name in FORMATS if callable(getattr(source, name, None))]
-            raise ConfigError(
-                f"task={task.name} reads the format {task.reader} ({FORMATS[task.reader]}), "
-                f"which data={option_value(data.source)} cannot read (it reads "
-                f"{', '.join(reads)}); data=synthetic generates it from its scenes")
+    check_source_reads(task, data)
 
 
 class Aggregate(str, enum.Enum):

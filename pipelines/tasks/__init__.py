@@ -26,6 +26,18 @@ def build_backbone(model_cfg: DictConfig):
     return backbone
 
 
+def group_config(name: str, changes=None) -> DictConfig:
+    """The model group `conf/model/<name>.yaml` as plain YAML (its `defaults` list dropped),
+    `changes` ({key: value}) merged in: a second backbone that a task key names (image_text's
+    text tower, multitask's caption decoder), for `build_backbone`."""
+    from pipelines.config import model_options
+
+    option = OmegaConf.to_container(model_options()[name])
+    option.pop("defaults", None)
+    option.update(OmegaConf.to_container(OmegaConf.create(changes or {})))
+    return OmegaConf.create(option)
+
+
 def build_task(cfg: DictConfig):
     """The configured task, with its data source, backbone, trainer and decode settings."""
     task_class = get_class(cfg.task._target_)
@@ -33,4 +45,4 @@ def build_task(cfg: DictConfig):
                       trainer=cfg.trainer, decode=cfg.get("decode"))
 
 
-__all__ = ["build_backbone", "build_task"]
+__all__ = ["build_backbone", "build_task", "group_config"]

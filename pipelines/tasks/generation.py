@@ -265,14 +265,11 @@ def token_accuracy(y_true, y_pred) -> dict:
     return {"accuracy": (tf.reduce_sum(correct * mask), tf.reduce_sum(mask))}
 
 
-class GenerationTask(Task):
-    """A source in, a token sequence out: an `EncoderDecoder` from the backbone's
-    `sequence_decoder` role, teacher forcing in training, `decode.*` search in evaluation
-    and export. Subclasses set `self.tokenizer` and `self.target_length` in `adapt`
-    (`set_target`) and implement `bleu(model, pair)`, the validation metric `val_bleu`."""
-
-    loss_length: int | None = None  # see `sequence_loss`
-    source_key = "source"  # the model's input name of the source ("image" for captioning)
+class TargetText:
+    """The target side of generated text: a tokenizer with ids 0-3 reserved, `[START] ids
+    [END]` targets of `target_length + 1` ids, detokenization without the special tokens, and
+    the `decode.*` search over a model's `generate`. `set_target` sets it up (`decode_cfg`
+    set before); `GenerationTask` and `task=multitask`'s caption heads use it."""
 
     def set_target(self, tokenizer, target_length: int) -> None:
         self.tokenizer, self.target_length = tokenizer, int(target_length)
@@ -286,6 +283,27 @@ class GenerationTask(Task):
         edge = tf.ones([ids.nrows(), 1], tf.int32)
         full = tf.concat([edge * self.start_id, ids, edge * self.end_id], axis=1)
         return full.to_tensor(shape=[None, self.target_length + 1])
+
+    def detokenize(self, ids):
+        """ids (B, T) -> strings (B,), special tokens dropped."""
+        ids = tf.cast(ids, tf.int32)
+        return self.tokenizer.detokenize(tf.ragged.boolean_mask(ids, ids >= len(RESERVED)))
+
+    def generate_ids(self, model, source):
+        """source (B, ...) -> token ids (B, max_decode), beam search per `decode.*`."""
+        return model.generate(source, self.start_id, self.end_id, self.max_decode,
+                              beam_size=self.decode_cfg.beam_size,
+                              length_penalty=self.decode_cfg.length_penalty)
+
+
+class GenerationTask(TargetText, Task):
+    """A source in, a token sequence out: an `EncoderDecoder` from the backbone's
+    `sequence_decoder` role, teacher forcing in training, `decode.*` search in evaluation
+    and export. Subclasses set `self.tokenizer` and `self.target_length` in `adapt`
+    (`set_target`) and implement `bleu(model, pair)`, the validation metric `val_bleu`."""
+
+    loss_length: int | None = None  # see `sequence_loss`
+    source_key = "source"  # the model's input name of the source ("image" for captioning)
 
     def bucketed(self, ds, training: bool, batch_size: int, source_length: int | None = None):
         """Batches of unbatched `(source, target_in, target_out)` examples: cut to the bucket of
@@ -308,17 +326,6 @@ class GenerationTask(Task):
         return ds.map(plain(lambda source, target_in, target_out: (
             {key: source, "target_in": target_in}, target_out)),
             num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    def detokenize(self, ids):
-        """ids (B, T) -> strings (B,), special tokens dropped."""
-        ids = tf.cast(ids, tf.int32)
-        return self.tokenizer.detokenize(tf.ragged.boolean_mask(ids, ids >= len(RESERVED)))
-
-    def generate_ids(self, model, source):
-        """source (B, ...) -> token ids (B, max_decode), beam search per `decode.*`."""
-        return model.generate(source, self.start_id, self.end_id, self.max_decode,
-                              beam_size=self.decode_cfg.beam_size,
-                              length_penalty=self.decode_cfg.length_penalty)
 
     def loss(self, y_true, y_pred):
         return sequence_loss(y_true, y_pred, self.loss_length)

@@ -55,6 +55,17 @@ def augment(images: tf.Tensor, flip: bool = False, crop: bool = False,
     return images
 
 
+def classification_scores(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """`accuracy` of the argmax of `probabilities` (N, C) against the class ids `truth` (N,),
+    and with C >= 5 `top5_accuracy` (scikit-learn)."""
+    num_classes = probabilities.shape[-1]
+    metrics = {"accuracy": float(accuracy_score(truth, probabilities.argmax(-1)))}
+    if num_classes >= 5:
+        metrics["top5_accuracy"] = (1.0 if num_classes == 5 else float(
+            top_k_accuracy_score(truth, probabilities, k=5, labels=np.arange(num_classes))))
+    return metrics
+
+
 class ImageClassification(Task):
     """An image in, a label out, from a CNN or ViT backbone with a dense head."""
 
@@ -163,12 +174,7 @@ class ImageClassification(Task):
              "probability": float(probabilities[i, predicted[i]])}
             for i in range(min(int(self.task_cfg.num_samples), len(labels)))
         ]
-        metrics = {"accuracy": float(accuracy_score(truth, predicted))}
-        num_classes = len(self.label_names)
-        if num_classes >= 5:
-            metrics["top5_accuracy"] = (1.0 if num_classes == 5 else float(
-                top_k_accuracy_score(truth, probabilities, k=5, labels=np.arange(num_classes))))
-        return metrics
+        return classification_scores(truth, probabilities)
 
     def pictures(self, model, splits, directory) -> list:
         """The confusion matrix of the evaluation split (rows: truth, columns: prediction)."""

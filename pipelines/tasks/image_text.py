@@ -45,13 +45,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from omegaconf import OmegaConf
 
 from pipelines.config import check_image_text
 from pipelines.data import Splits
 from pipelines.data.images import decode_images, pixel_statistics
 from pipelines.data.scenes import parse_pairs
-from pipelines.tasks import build_backbone
+from pipelines.tasks import build_backbone, group_config
 from pipelines.tasks.base import Task, plain
 from pipelines.tasks.captioning import caption_table, check_captions, stack_images
 from pipelines.tasks.generation import WordTokenizer
@@ -64,13 +63,8 @@ __all__ = ["DualEncoder", "ImageText", "contrastive_loss", "recall_at", "text_to
 def text_tower_config(task_cfg):
     """The text tower's model group: `conf/model/<task.text_tower>.yaml` (plain YAML, its
     `defaults` list dropped) with `task.text_tower_options.<text_tower>` merged in."""
-    from pipelines.config import model_options
-
     name = str(task_cfg.text_tower)
-    option = OmegaConf.to_container(model_options()[name])
-    option.pop("defaults", None)
-    option.update(OmegaConf.to_container(task_cfg.text_tower_options.get(name, {})))
-    return OmegaConf.create(option)
+    return group_config(name, task_cfg.text_tower_options.get(name, {}))
 
 
 def contrastive_loss(text_ids, logits):

@@ -41,22 +41,10 @@ class Segmentation(Task):
         self.ignore_index = self.data.ignore_index
         self._prepared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         images, masks = self.prepare(splits.train)
-        labels = np.unique(masks[masks != VOID])
-        if labels.size == 0:
-            raise ValueError("the training masks hold no labelled pixel (all void or "
-                             f"data.ignore_index={self.ignore_index})")
-        self.num_classes = max(int(labels.max()) + 1, 2)
-        for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
-            if pair is None:
-                continue
-            seen = np.unique(self.prepare(pair)[1])
-            unknown = [int(v) for v in seen if v != VOID and v >= self.num_classes]
-            if unknown:
-                raise ValueError(
-                    f"the {split_name} masks have labels {unknown[:5]} above the largest "
-                    f"training label {self.num_classes - 1}; set data.ignore_index or check "
-                    "the masks"
-                )
+        self.num_classes = mask_classes(
+            masks, {name: self.prepare(pair)[1] for name, pair in
+                    (("validation", splits.validation), ("test", splits.test)) if pair is not None},
+            self.ignore_index)
         counts = np.bincount(masks[masks != VOID].ravel(), minlength=self.num_classes)
         self.pixel_mean, self.pixel_variance = pixel_statistics(images)
         log.info("segmentation: %d classes, pixel shares %s", self.num_classes,
@@ -69,12 +57,7 @@ class Segmentation(Task):
         if key not in self._prepared:
             size = self.image_size
             images = np.stack([resize_image(image, size) for image in pair[0]]).astype(np.uint8)
-            masks = np.stack([resize_mask(mask, size) for mask in pair[1]]).astype(np.int64)
-            if self.ignore_index is not None:
-                masks[masks == self.ignore_index] = VOID
-            if masks.max(initial=0) > VOID:
-                raise ValueError(f"mask labels must be below {VOID}; found {masks.max()}")
-            self._prepared[key] = (images, masks.astype(np.uint8))
+            self._prepared[key] = (images, prepare_masks(pair[1], size, self.ignore_index))
         return self._prepared[key]
 
     def augment(self, image, mask):
@@ -112,25 +95,11 @@ class Segmentation(Task):
     def loss(self, y_true, y_pred):
         """Per image: cross-entropy averaged over its valid pixels, soft Dice (1 - mean over
         classes of (2 |P.Y| + 1) / (|P| + |Y| + 1) on valid pixels), or their sum."""
-        valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)  # (B, S, S)
-        labels = tf.where(tf.not_equal(y_true, VOID), tf.cast(y_true, tf.int32), 0)
-        kind = option_value(self.task_cfg.loss)
-        total = 0.0
-        if kind in ("cross_entropy", "both"):
-            pixel_loss = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
-                                                                      from_logits=True)
-            total += (tf.reduce_sum(pixel_loss * valid, axis=[1, 2])
-                      / tf.maximum(tf.reduce_sum(valid, axis=[1, 2]), 1.0))
-        if kind in ("dice", "both"):
-            total += soft_dice_loss(labels, y_pred, valid, self.num_classes)
-        return total
+        return mask_loss(y_true, y_pred, option_value(self.task_cfg.loss), self.num_classes)
 
     def stats(self, y_true, y_pred):
         """Pixel accuracy on valid pixels: monitoring only; the result is `evaluate`."""
-        valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)
-        correct = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
-                                   tf.cast(y_true, tf.int32)), tf.float32)
-        return {"accuracy": (tf.reduce_sum(correct * valid), tf.reduce_sum(valid))}
+        return pixel_accuracy(y_true, y_pred)
 
     # ------------------------------------------------------------------ results
     def predict_masks(self, model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -163,12 +132,7 @@ class Segmentation(Task):
         images, masks = self.prepare(pair)
         binary = self.num_classes == 2
         predicted, foreground = self.predict(model, images, batch_size, foreground=binary)
-        confusion = confusion_matrix(masks, predicted, self.num_classes, ignore_index=VOID)
-        self.samples = [{"class": c, "iou": None if np.isnan(v) else round(float(v), 4)}
-                        for c, v in enumerate(per_class_iou(confusion))]
-        scores = segmentation_scores(confusion)
-        if binary:
-            scores.update(foreground_scores(confusion, masks, foreground))
+        scores, self.samples = mask_scores(masks, predicted, foreground, self.num_classes)
         return scores
 
     def pictures(self, model, splits, directory):
@@ -208,6 +172,74 @@ class Segmentation(Task):
 
     def serving_signature(self):
         return [tf.TensorSpec([None], tf.string, name="image_bytes")]
+
+
+def prepare_masks(masks, size: int, ignore_index: int | None) -> np.ndarray:
+    """Masks of class indices (any sizes) -> uint8 (N, size, size), nearest-neighbour resized,
+    `ignore_index` pixels set to VOID; a ValueError for labels above VOID."""
+    masks = np.stack([resize_mask(mask, size) for mask in masks]).astype(np.int64)
+    if ignore_index is not None:
+        masks[masks == ignore_index] = VOID
+    if masks.max(initial=0) > VOID:
+        raise ValueError(f"mask labels must be below {VOID}; found {masks.max()}")
+    return masks.astype(np.uint8)
+
+
+def mask_classes(train: np.ndarray, others: dict[str, np.ndarray],
+                 ignore_index: int | None) -> int:
+    """The number of classes (at least 2) of the prepared training masks: their largest
+    label + 1; a ValueError when they hold no labelled pixel, or when the masks of another
+    split (`others`: {split name: masks}) hold a label above it."""
+    labels = np.unique(train[train != VOID])
+    if labels.size == 0:
+        raise ValueError("the training masks hold no labelled pixel (all void or "
+                         f"data.ignore_index={ignore_index})")
+    num_classes = max(int(labels.max()) + 1, 2)
+    for split_name, masks in others.items():
+        unknown = [int(v) for v in np.unique(masks) if v != VOID and v >= num_classes]
+        if unknown:
+            raise ValueError(
+                f"the {split_name} masks have labels {unknown[:5]} above the largest "
+                f"training label {num_classes - 1}; set data.ignore_index or check the masks")
+    return num_classes
+
+
+def mask_loss(y_true, y_pred, kind: str, num_classes: int):
+    """Per image (B,), over its valid (not VOID) pixels: `kind` "cross_entropy" (averaged over
+    them), "dice" (soft Dice, `soft_dice_loss`) or "both" (their sum)."""
+    valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)  # (B, S, S)
+    labels = tf.where(tf.not_equal(y_true, VOID), tf.cast(y_true, tf.int32), 0)
+    total = 0.0
+    if kind in ("cross_entropy", "both"):
+        pixel_loss = keras.losses.sparse_categorical_crossentropy(labels, y_pred,
+                                                                  from_logits=True)
+        total += (tf.reduce_sum(pixel_loss * valid, axis=[1, 2])
+                  / tf.maximum(tf.reduce_sum(valid, axis=[1, 2]), 1.0))
+    if kind in ("dice", "both"):
+        total += soft_dice_loss(labels, y_pred, valid, num_classes)
+    return total
+
+
+def pixel_accuracy(y_true, y_pred) -> dict:
+    """{"accuracy": (correct valid pixels, valid pixels)}: monitoring statistics."""
+    valid = tf.cast(tf.not_equal(y_true, VOID), tf.float32)
+    correct = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
+                               tf.cast(y_true, tf.int32)), tf.float32)
+    return {"accuracy": (tf.reduce_sum(correct * valid), tf.reduce_sum(valid))}
+
+
+def mask_scores(masks: np.ndarray, predicted: np.ndarray, foreground: np.ndarray | None,
+                num_classes: int) -> tuple[dict[str, float], list[dict]]:
+    """The segmentation metrics of argmax masks against the true ones (VOID left out):
+    `segmentation_scores`, with 2 classes also `foreground_scores` of the class-1
+    probabilities `foreground`; and the per-class IoU rows of samples.json."""
+    confusion = confusion_matrix(masks, predicted, num_classes, ignore_index=VOID)
+    samples = [{"class": c, "iou": None if np.isnan(v) else round(float(v), 4)}
+               for c, v in enumerate(per_class_iou(confusion))]
+    scores = segmentation_scores(confusion)
+    if num_classes == 2:
+        scores.update(foreground_scores(confusion, masks, foreground))
+    return scores, samples
 
 
 # ROC AUC reads at most this many valid pixels: beyond (e.g. many large images), a seeded
