@@ -18,6 +18,7 @@ FORMATS: dict[str, str] = {
     "image_masks": "images -> masks of class indices (uint8 (H, W))",
     "image_captions": "images -> lists of reference captions",
     "image_questions": "images -> lists of (question, answer) pairs",
+    "labelled_scenes": "images -> every target of the scene: {label, mask, captions}",
     "text_lines": "texts (str, one per line) -> document ids (int; blank lines separate documents)",
 }
 

@@ -176,6 +176,17 @@ class SyntheticSource(Source):
                              [scene_questions(shapes, rng) for shapes in batch.shapes])
         return Splits(**splits)
 
+    def labelled_scenes(self) -> Splits:
+        """64 x 64 scenes -> every target of each scene, `{"label": the largest shape's kind,
+        "mask": uint8 (64, 64) of `scenes.MASK_CLASSES`, "captions": its 3-5 captions}` (the
+        targets of image_masks, labelled_images and image_captions at once); the scenes of
+        `image_captions`, 6000 / 500 / 500 by default."""
+        return Splits(**{split: (list(batch.images),
+                                 [{"label": label, "mask": mask, "captions": captions}
+                                  for label, mask, captions in zip(batch.labels, batch.masks,
+                                                                   batch.captions)])
+                         for split, batch in self._scenes(6000, 500, 500).items()})
+
     def scene_shapes(self) -> dict[str, list]:
         """{split: the `scenes.Shape` records of each scene `image_captions` returns} (the
         largest shape first): the labels and held-out colour-shape pairs of image_text."""

@@ -104,8 +104,9 @@ def test_the_valid_models_of_a_task_come_from_the_roles():
 
 
 # ----------------------------------------------------------------------------- readers
-# Formats only the generated data provides (visual_qa's questions about generated scenes).
-GENERATED_ONLY = {"image_questions"}
+# Formats only the generated data provides (visual_qa's questions about generated scenes,
+# multitask's scenes with every target).
+GENERATED_ONLY = {"image_questions", "labelled_scenes"}
 
 
 def test_every_task_names_a_format_that_every_source_can_read():
