@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -379,6 +380,160 @@ def check_visual_qa(task: DictConfig, data: DictConfig | None = None) -> None:
     check_source_reads(task, data)
 
 
+@dataclass
+class Head:
+    """One head of task=multitask (`task.heads.<name>`); the keys of other kinds keep their
+    defaults (`check_multitask` refuses a changed one)."""
+    kind: Optional[str] = None  # classification, segmentation or caption (HEAD_KINDS); null: the name
+    weight: float = 1.0  # of its loss in the training loss and of its metric in the objective
+    metric: Optional[str] = None  # its metric in the objective; null: the kind's first
+    loss: Optional[str] = None  # null: the kind's first (segmentation: cross_entropy, dice, both)
+    # segmentation: channels of each upsampling step (UpBlock) from the encoder's grid
+    filters: int = 32
+    # caption: decoder positions ([START], [END] included), tokenizer, decoder over the grid
+    caption_length: int = 20
+    tokenizer: CaptionTokenizer = CaptionTokenizer.word
+    vocabulary_size: int = 5000
+    lowercase: bool = True
+    # a model group with the sequence_decoder role; decoder_options.<group> changes its keys
+    decoder: str = "lstm"
+    decoder_options: dict[str, Any] = field(default_factory=dict)
+    memory_dim: int = 128  # the encoder's grid projected to this width, with positions
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    metrics: tuple[str, ...]  # what evaluate reports (prefixed by the head's name), headline first
+    losses: tuple[str, ...]  # the values of `loss`, the default first
+    keys: tuple[str, ...] = ()  # its own keys of `Head` (besides kind, weight, metric, loss)
+    outputs: tuple[str, ...] = ("",)  # the export's outputs: the head's name + each suffix
+
+
+HEAD_KINDS: dict[str, HeadKind] = {
+    # the largest shape's kind (task=image_classification's head and metrics)
+    "classification": HeadKind(("accuracy", "top5_accuracy"), ("cross_entropy",),
+                               outputs=("", "_probabilities")),
+    # the mask of shape kinds (task=segmentation's loss and metrics)
+    "segmentation": HeadKind(("mean_iou", "pixel_accuracy", "dice"),
+                             ("cross_entropy", "dice", "both"), ("filters",)),
+    # the scene's captions (task=captioning's tokenizers, decoders and BLEU)
+    "caption": HeadKind(("bleu4", "bleu1"), ("cross_entropy",),
+                        ("caption_length", "tokenizer", "vocabulary_size", "lowercase", "decoder",
+                         "decoder_options", "memory_dim")),
+}
+# The model keys a caption decoder does not read (they configure encoders, or NER).
+CAPTION_DECODER_UNUSED = {
+    "lstm": ["num_layers", "bidirectional", "merge_mode", "char_features", "char_dim",
+             "char_filters", "crf", "init_from"],
+    "gru": ["num_layers", "bidirectional", "merge_mode", "char_features", "char_dim",
+            "char_filters", "crf", "init_from"],
+    "transformer": ["num_layers", "attention", "char_features", "char_dim", "char_filters", "crf",
+                    "init_from"],
+}
+HEAD_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass
+class MultitaskTask(TaskConfig):
+    image_size: int = 64  # images (and masks) resized to this square, training and serving
+    # name -> head; ~task.heads.NAME drops one. A new head goes in a yaml (an experiment file):
+    # OmegaConf cannot add a typed Head from the command line.
+    heads: dict[str, Head] = field(default_factory=dict)
+    num_samples: int = 20  # test scenes with every head's prediction in samples.json
+    monitor: str = "val_objective"
+
+    @staticmethod
+    def check(task: DictConfig, data: DictConfig | None = None) -> None:
+        check_multitask(task, data)
+
+
+def head_kind(name: str, head: DictConfig) -> str:
+    """A head's kind: its `kind`, else its name."""
+    return str(head.kind) if head.get("kind") is not None else name
+
+
+def check_multitask(task: DictConfig, data: DictConfig | None = None) -> None:
+    """task=multitask's own checks (no TF): at least one head; each of a known kind, a weight
+    > 0, a metric and loss of its kind, no key of another kind changed, its decoder; distinct
+    export outputs; a monitor the run logs; a data source that reads the task's format."""
+    if task.image_size < 16:
+        raise ConfigError(f"task.image_size must be >= 16; received {task.image_size}")
+    if not task.heads:
+        raise ConfigError("task.heads is empty: task=multitask needs at least one head, e.g. "
+                          "task.heads={shape: {kind: classification}} (kinds: "
+                          f"{', '.join(HEAD_KINDS)})")
+    defaults = OmegaConf.structured(Head)
+    outputs: dict[str, str] = {}
+    for name, head in task.heads.items():
+        where = f"task.heads.{name}"
+        if not HEAD_NAME.fullmatch(name) or name in ("objective", "image", "image_features"):
+            raise ConfigError(f"{where}: a head's name names its outputs and metrics: lower-case "
+                              f"letters, digits and _, starting with a letter, not objective, "
+                              f"image or image_features; received {name!r}")
+        kind = head_kind(name, head)
+        if kind not in HEAD_KINDS:
+            given = (f"{where}.kind={kind}" if head.kind is not None else
+                     f"{where} has no kind, and its name {name}")
+            raise ConfigError(f"{given} is not a head kind; kinds: {', '.join(HEAD_KINDS)} (set "
+                              f"{where}.kind=KIND; a head without kind is of the kind its name "
+                              "says)")
+        spec = HEAD_KINDS[kind]
+        if not head.weight > 0:
+            raise ConfigError(f"{where}.weight must be > 0 (the weight of its loss and of its "
+                              f"metric in the objective); received {where}.weight={head.weight} "
+                              f"(drop the head instead: ~{where})")
+        if head.metric is not None and head.metric not in spec.metrics:
+            raise ConfigError(f"{where}.metric={head.metric} is not a metric of a {kind} head; "
+                              f"its metrics: {', '.join(spec.metrics)}")
+        if head.loss is not None and head.loss not in spec.losses:
+            raise ConfigError(f"{where}.loss={head.loss} is not a loss of a {kind} head; its "
+                              f"losses: {', '.join(spec.losses)}")
+        own = {"kind", "weight", "metric", "loss", *spec.keys}
+        for key in head:
+            if key not in own and option_value(head[key]) != option_value(defaults[key]):
+                raise ConfigError(f"{where}.{key} has no effect on a {kind} head (keep its "
+                                  f"default {option_value(defaults[key])}); its keys: "
+                                  f"{', '.join(k for k in head if k in own)}")
+        for key in ("filters", "caption_length", "vocabulary_size", "memory_dim"):
+            if key in spec.keys and head[key] < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1; received {head[key]}")
+        if kind == "caption":
+            if head.caption_length < 3:
+                raise ConfigError(f"{where}.caption_length must be >= 3 ([START], a word, "
+                                  f"[END]); received {head.caption_length}")
+            check_model_group(f"{where}.decoder", head.decoder, f"{where}.decoder_options",
+                              head.decoder_options, "sequence_decoder", "a caption decoder",
+                              CAPTION_DECODER_UNUSED)
+        for suffix in spec.outputs:
+            output = name + suffix
+            if output in outputs:
+                raise ConfigError(f"the heads {outputs[output]} and {name} both export the "
+                                  f"output {output}: rename one")
+            outputs[output] = name
+    check_multitask_monitor(task)
+    check_source_reads(task, data)
+
+
+def multitask_monitors(task: DictConfig) -> list[str]:
+    """What task=multitask's `task.monitor` can name: the weighted loss, the objective, each
+    head's loss and accuracy statistics and (validation) its metrics."""
+    names = ["val_loss", "train_loss", "val_objective"]
+    for name, head in task.heads.items():
+        kind = head_kind(name, head)
+        names += [f"{split}_{name}_{stat}" for split in ("val", "train")
+                  for stat in ("loss", "accuracy")]
+        names += [f"val_{name}_{metric}" for metric in HEAD_KINDS[kind].metrics]
+    return list(dict.fromkeys(names))  # a head's accuracy is a statistic and a metric
+
+
+def check_multitask_monitor(task: DictConfig) -> None:
+    """`task.monitor` is one of `multitask_monitors` (the heads' kinds checked before)."""
+    monitors = multitask_monitors(task)
+    if str(task.monitor) not in monitors:
+        raise ConfigError(f"task.monitor={task.monitor} is not logged by these heads; it can "
+                          f"monitor: {', '.join(monitors)}")
+
+
 class Aggregate(str, enum.Enum):
     mean = "mean"  # the mean of the verbalizer words' log-probabilities
     logsumexp = "logsumexp"  # the log of their summed probability
@@ -697,7 +852,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
              "masked_lm": MaskedLmTask,
              "image_classification": ImageClassificationTask,
              "image_text": ImageTextTask, "zero_shot_text": ZeroShotTextTask,
-             "visual_qa": VisualQaTask,
+             "visual_qa": VisualQaTask, "multitask": MultitaskTask,
              "language_modeling": LanguageModelingTask},
     "model": {"recurrent": RecurrentModel, "transformer": TransformerModel, "unet": UNetModel,
               "cnn": CnnModel, "vit": VitModel},
