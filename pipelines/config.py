@@ -150,6 +150,7 @@ class LanguageModelingTask(TaskConfig):
     # wordpiece (detokenized by rules, see language_modeling.py) or sentencepiece (exact)
     tokenizer: TranslationTokenizer = TranslationTokenizer.wordpiece
     documents: Documents = Documents.blank_lines  # what one [START] ... [END] document is
+    vocabulary_sample: Optional[int] = 1_000_000  # lines (seeded sample) the vocabulary learns on
     num_samples: int = 20  # generations from evaluation lines written to samples.json
     prompt_words: int = 4  # the first words of an evaluation line as a sample's prompt
     monitor: str = "val_token_loss"
@@ -164,6 +165,7 @@ class MlmTokenizer(str, enum.Enum):
 class MaskedLmTask(TaskConfig):
     max_length: int = 128  # tokens per sequence, [CLS] and [SEP] included
     vocabulary_size: int = 8000
+    vocabulary_sample: Optional[int] = 1_000_000  # lines (seeded sample) the vocabulary learns on
     tokenizer: MlmTokenizer = MlmTokenizer.wordpiece
     lowercase: bool = True
     mask_rate: float = 0.15  # of the tokens: 80% [MASK], 10% random, 10% kept
@@ -174,6 +176,24 @@ class MaskedLmTask(TaskConfig):
     exclude_texts: Optional[str] = None
     # batches of similar length, each padded to its bucket (pipelines.data.bucketing)
     length_buckets: Optional[list[int]] = field(default_factory=lambda: [16, 32, 64])
+
+    @staticmethod
+    def check(task: DictConfig, data: DictConfig | None = None) -> None:
+        if data is not None and data.get("streaming") is True:
+            check_masked_lm_streaming(task)
+
+
+def check_masked_lm_streaming(task: DictConfig) -> None:
+    """task=masked_lm with a streamed corpus (data.streaming): what needs the corpus whole."""
+    wanting = [f"{key}={value}" for key, value in (
+        ("task.reader", task.reader if task.reader != "text_lines" else None),
+        ("task.next_sentence", task.next_sentence or None),  # B: a random line of the corpus
+        ("task.exclude_texts", task.get("exclude_texts"))) if value is not None]
+    if wanting:
+        raise ConfigError(
+            f"task=masked_lm streams its corpus (data.streaming) as text_lines, line by line; "
+            f"{', '.join(wanting)} needs it read whole. Set data.streaming=false, or "
+            "task.reader=text_lines task.next_sentence=false task.exclude_texts=null")
 
 
 class SegmentationLoss(str, enum.Enum):
@@ -754,8 +774,10 @@ class FilesData(PrepareKeys):
     mask_dir: Optional[str] = None  # segmentation: masks folder (default masks/)
     region_dir: Optional[str] = None  # segmentation: region masks (field of view) restricting metrics
     pair_key: Optional[str] = None  # segmentation: regex whose first group pairs image and mask stems
-    # translation: train stays in its files, read by tf.data (pipelines.data.streaming)
-    streaming: bool = False
+    # true: train stays in its files, read by tf.data (pipelines.data.streaming; text tasks);
+    # auto: so when its files hold at least streaming_threshold_mb
+    streaming: Any = False
+    streaming_threshold_mb: float = 256.0
     shuffle_buffer: int = 10_000  # streaming: examples in the training shuffle buffer
 
 
@@ -786,7 +808,8 @@ class TfrecordData(PrepareKeys):
     seed: int = 42
     path: str = MISSING  # the folder python -m pipelines.prepare wrote (manifest.json, shards)
     task: str = MISSING  # the task reading it (conf/data/tfrecord.yaml: ${task.name})
-    streaming: bool = False  # translation: train read shard by shard by tf.data
+    streaming: Any = False  # true: train read shard by shard by tf.data; auto: by size
+    streaming_threshold_mb: float = 256.0  # auto: stream train shards of at least this many MB
     shuffle_buffer: int = 10_000
     skip_corrupt: bool = False  # a corrupted shard: skipped with a warning instead of an error
     limit: Optional[int] = None
@@ -947,6 +970,34 @@ def check(cfg: DictConfig) -> None:
     cpu_devices = cfg.distribute.cpu_devices
     if cpu_devices is not None and cpu_devices < 1:
         raise ConfigError(f"distribute.cpu_devices must be >= 1; received {cpu_devices}")
+    check_data(cfg.data)
+
+
+def check_data(data: DictConfig) -> None:
+    """The data keys `python -m pipelines` reads: `data.streaming` true, false or auto (with a
+    positive threshold). `data.out` and `data.shards` say where `python -m pipelines.prepare`
+    writes (`PrepareKeys`): a training run given one would silently ignore it."""
+    prepare = ("python -m pipelines.prepare task=... data=... data.out=DIR writes the data as "
+               "TFRecord shards; python -m pipelines task=... data=tfrecord data.path=DIR "
+               "trains from them")
+    if data.get("out") is not None:
+        raise ConfigError(f"data.out={data.out} is a key of python -m pipelines.prepare, which "
+                          f"python -m pipelines does not read: drop it. {prepare}")
+    if data.get("shards", PrepareKeys.shards) != PrepareKeys.shards:
+        raise ConfigError(f"data.shards={data.shards} is a key of python -m pipelines.prepare, "
+                          f"which python -m pipelines does not read: drop it. {prepare}")
+    streaming = data.get("streaming", False)
+    if not (isinstance(streaming, bool) or streaming == "auto"):
+        raise ConfigError(f"data.streaming must be true, false or auto (stream the training "
+                          f"files when they hold at least data.streaming_threshold_mb); "
+                          f"received data.streaming={streaming!r}")
+    threshold = data.get("streaming_threshold_mb", 1.0)
+    if not threshold > 0:
+        raise ConfigError(f"data.streaming_threshold_mb must be > 0 (megabytes of training "
+                          f"files from which data.streaming=auto streams); received {threshold}")
+    if data.get("shuffle_buffer", 1) < 1:
+        raise ConfigError(f"data.shuffle_buffer must be >= 1 (examples in the streaming "
+                          f"training shuffle buffer); received {data.shuffle_buffer}")
 
 
 def _check_decode(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig  # noqa: E402
 from pipelines.checkpoints import CheckpointHook  # noqa: E402,F401 - re-exported
 from pipelines import pretrained  # noqa: E402
 from pipelines.config import option_value as _value  # noqa: E402
+from pipelines.data.streaming import StreamingSplit, check_one_batch  # noqa: E402
 from pipelines.distribute import choose_jit_compile, is_chief, make_strategy  # noqa: E402
 from pipelines.optimizers import make_optimizer  # noqa: E402,F401 - re-exported
 from pipelines.tasks import build_task  # noqa: E402
@@ -75,8 +76,11 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> RunRes
     tracker.start()  # fails here, before any training, when the server is unreachable
     try:
         splits = task.load()
-        log.info("data: %d train, %d validation, %s %s examples", len(splits.train[0]),
+        log.info("data: %d train%s, %d validation, %s %s examples", len(splits.train[0]),
+                 " (streamed from its files)" if isinstance(splits.train, StreamingSplit) else "",
                  len(splits.validation[0]), len(splits.evaluation[0]), splits.evaluation_name)
+        if task.trains:  # before the vocabularies are learned: it fails in seconds
+            check_one_batch(splits.train, tcfg.batch_size)
         task.adapt(splits)
         for name, text in task.run_files().items():  # e.g. masked_lm's vocabulary
             if chief:
@@ -131,9 +135,6 @@ def _train(cfg: DictConfig, task, splits, strategy, tracker: Tracker, run_dir: p
     resuming from the run's newest save point; returns it with the weights to evaluate."""
     tcfg = cfg.trainer
     batch = tcfg.batch_size
-    if len(splits.train[0]) < batch:
-        raise ValueError(f"trainer.batch_size={batch} is larger than the training split "
-                         f"({len(splits.train[0])} examples)")
     train_ds = task.dataset(splits.train, training=True, batch_size=batch)
     val_ds = task.dataset(splits.validation, training=False, batch_size=batch)
     steps = tcfg.steps_per_epoch or max(1, task.train_examples(splits) // batch)

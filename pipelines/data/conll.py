@@ -32,7 +32,16 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
 
 def read_conll(path: pathlib.Path,
                tag_scheme: str = "iob2") -> tuple[list[list[str]], list[list[str]]]:
-    """Reads (token lists, IOB2 tag lists) from a CoNLL file (`.gz` too).
+    """Reads (token lists, IOB2 tag lists) from a CoNLL file (`.gz` too); see `conll_rows`."""
+    sentences, all_tags = [], []
+    for tokens, tags in conll_rows(path, tag_scheme):
+        sentences.append(tokens)
+        all_tags.append(tags)
+    return sentences, all_tags
+
+
+def conll_rows(path: pathlib.Path, tag_scheme: str = "iob2"):
+    """Yields the (tokens, IOB2 tags) of a CoNLL file's sentences one at a time, checked.
 
     Raises `DataFileError` naming the file and line for a line with a single column, a token
     of invisible characters only, a tag that is not O / B-X / I-X, or, with iob2, an I-X that
@@ -41,20 +50,19 @@ def read_conll(path: pathlib.Path,
     if tag_scheme not in TAG_SCHEMES:
         raise DataFileError(f"data.tag_scheme must be one of {', '.join(TAG_SCHEMES)}; "
                             f"received {tag_scheme!r}")
-    sentences, all_tags = [], []
-    tokens, tags = [], []
+    tokens, tags, found = [], [], False
 
-    def close():
-        if tokens:
-            sentences.append(list(tokens))
-            all_tags.append(iob1_to_iob2(tags) if tag_scheme == "iob1" else list(tags))
-            tokens.clear()
-            tags.clear()
+    def sentence():
+        return list(tokens), iob1_to_iob2(tags) if tag_scheme == "iob1" else list(tags)
 
     for number, line in read_lines(path):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
-            close()
+            if tokens:
+                found = True
+                yield sentence()
+                tokens.clear()
+                tags.clear()
             continue
         if len(columns) < 2:
             raise DataFileError(
@@ -81,8 +89,8 @@ def read_conll(path: pathlib.Path,
                 )
         tokens.append(columns[0])
         tags.append(tag)
-    close()
-    if not sentences:
+    if tokens:
+        yield sentence()
+    elif not found:
         raise DataFileError(f"{path}: no sentences found (expected CoNLL lines "
                             "'TOKEN ... TAG' with blank lines between sentences)")
-    return sentences, all_tags

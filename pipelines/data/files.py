@@ -12,6 +12,7 @@ import io
 import pathlib
 import zlib
 
+from pipelines.data import streaming
 from pipelines.data.source import Source
 from pipelines.data.splits import Splits, hold_out, limit_splits
 
@@ -31,24 +32,62 @@ def read_text_classification(path: pathlib.Path, text_column: str = "text",
                              label_column: str = "label") -> tuple[list[str], list[str]]:
     """Reads (texts, labels) from a .csv/.tsv with a header, or `LABEL TEXT` lines."""
     if path.suffix.lower() in (".csv", ".tsv"):
-        return _read_table(path, "\t" if path.suffix.lower() == ".tsv" else ",",
+        rows = _table_rows(path, io.StringIO(read_text(path), newline=""),
                            text_column, label_column)
+    else:  # universal line ends (\r too), as a text editor shows them
+        lines = enumerate(io.StringIO(read_text(path), newline=None), start=1)
+        rows = _labelled_rows(path, ((number, line.rstrip("\n")) for number, line in lines))
     texts, labels = [], []
-    with io.StringIO(read_text(path), newline=None) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parts = line.strip().split(maxsplit=1)
-            if len(parts) != 2:
-                raise DataFileError(
-                    f"{path}:{number}: expected 'LABEL TEXT' (a label, whitespace, the text); "
-                    f"got {line.strip()[:80]!r}"
-                )
-            labels.append(parts[0])
-            texts.append(parts[1])
-    if not texts:
-        raise DataFileError(f"{path}: no examples found (expected lines 'LABEL TEXT')")
+    for text, label in rows:
+        texts.append(text)
+        labels.append(label)
     return texts, labels
+
+
+def text_classification_rows(path: pathlib.Path, text_column: str = "text",
+                             label_column: str = "label"):
+    """Yields the checked (text, label) rows `read_text_classification` reads, one at a time,
+    without holding the file (`data.streaming=true`). `LABEL TEXT` lines end at \n (or
+    \r\n), as tf.data reads them: a carriage return alone is refused, naming its line."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                yield from _table_rows(path, handle, text_column, label_column)
+        except UnicodeDecodeError as error:
+            raise DataFileError(f"{path}: not UTF-8 text ({error}); save the file as UTF-8") \
+                from None
+        except OSError as error:
+            raise DataFileError(f"{path}: cannot read it ({error})") from None
+        return
+
+    def lines():
+        for number, line in read_lines(path):
+            if "\r" in line:
+                raise DataFileError(
+                    f"{path}:{number}: a carriage return without a line feed (old Mac line "
+                    "ends); data.streaming=true reads lines that end in \\n or \\r\\n: convert "
+                    "the file, or set data.streaming=false")
+            yield number, line
+
+    yield from _labelled_rows(path, lines())
+
+
+def _labelled_rows(path, numbered_lines):
+    """Checked (text, label) of numbered `LABEL TEXT` lines; blank lines skipped."""
+    found = False
+    for number, line in numbered_lines:
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise DataFileError(
+                f"{path}:{number}: expected 'LABEL TEXT' (a label, whitespace, the text); "
+                f"got {line.strip()[:80]!r}"
+            )
+        found = True
+        yield parts[1], parts[0]
+    if not found:
+        raise DataFileError(f"{path}: no examples found (expected lines 'LABEL TEXT')")
 
 
 def read_text(path: pathlib.Path) -> str:
@@ -86,9 +125,11 @@ def read_lines(path: pathlib.Path):
         raise DataFileError(f"{path}: cannot read it ({error})") from None
 
 
-def _read_table(path, delimiter, text_column, label_column):
-    texts, labels = [], []
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+def _table_rows(path, handle, text_column, label_column):
+    """Checked (text, label) rows of a .csv/.tsv with a header, read from `handle`."""
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(handle, delimiter=delimiter)
+    found = False
     try:
         missing = [c for c in (text_column, label_column) if c not in (reader.fieldnames or [])]
         if missing:
@@ -103,14 +144,13 @@ def _read_table(path, delimiter, text_column, label_column):
                     f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
                     f"({', '.join(reader.fieldnames)}); got {list(row.values())[:4]}"
                 )
-            texts.append(text)
-            labels.append(label.strip())
+            found = True
+            yield text, label.strip()
     except csv.Error as error:  # a field over csv.field_size_limit(), say
         raise DataFileError(f"{path}:{reader.reader.line_num}: cannot parse the row "
                             f"({error})") from None
-    if not texts:
+    if not found:
         raise DataFileError(f"{path}: no rows after the header")
-    return texts, labels
 
 
 # ----------------------------------------------------------------------------- translation
@@ -217,6 +257,46 @@ def _language_file(prefix: str, language: str) -> pathlib.Path | None:
     return None
 
 
+def text_line_rows(paths: list[pathlib.Path]):
+    """Yields (text, document id) of plain text files, one stripped non-blank line at a
+    time: a blank line after text ends a document, and so does the end of a file."""
+    found = False
+    for row in _text_line_rows(paths):
+        found = True
+        yield row
+    if not found:
+        raise DataFileError(f"{', '.join(map(str, paths))}: no text (every line is blank)")
+
+
+def _text_line_rows(paths, document: int = 0):
+    for path in paths:
+        fresh = True
+        for _, line in read_lines(path):
+            if not line.strip():
+                document += not fresh
+                fresh = True
+                continue
+            yield line.strip(), document
+            fresh = False
+        document += not fresh
+
+
+def _train_bytes(train: str) -> int:
+    """The bytes of the training files `data.train` names: files, folders (all their files),
+    comma-separated lists, a translation PREFIX (PREFIX.*)."""
+    total = 0
+    for part in (p.strip() for p in str(train).split(",") if p.strip()):
+        path = pathlib.Path(part).expanduser()
+        if path.is_dir():
+            files = [f for f in path.rglob("*") if f.is_file()]
+        elif path.is_file():
+            files = [path]
+        else:
+            files = [f for f in path.parent.glob(path.name + ".*") if f.is_file()]
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
 class FilesSource(Source):
     """`data=files`: reads train / validation / test paths in the format the task names."""
 
@@ -228,8 +308,8 @@ class FilesSource(Source):
                  tag_scheme: str = "iob2", limit: int | None = None, seed: int = 42,
                  ignore_index: int | None = None, image_dir: str | None = None,
                  mask_dir: str | None = None, region_dir: str | None = None,
-                 pair_key: str | None = None, streaming: bool = False,
-                 shuffle_buffer: int = 10_000):
+                 pair_key: str | None = None, streaming: bool | str = False,
+                 shuffle_buffer: int = 10_000, streaming_threshold_mb: float = 256):
         self.paths = {"train": train, "validation": validation, "test": test}
         self.validation_fraction = validation_fraction
         self.text_column, self.label_column = text_column, label_column
@@ -241,6 +321,7 @@ class FilesSource(Source):
         self.image_dir, self.mask_dir, self.region_dir = image_dir, mask_dir, region_dir
         self.pair_key = pair_key
         self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        self.streaming_threshold_mb = streaming_threshold_mb
 
     def _splits(self, read, resolve=_existing) -> Splits:
         """Reads every configured split with `read(resolve(path, key))`, then holds out
@@ -256,10 +337,32 @@ class FilesSource(Source):
             )
         return limit_splits(Splits(**loaded), self.limit, self.seed)
 
+    def read(self, format: str) -> Splits:
+        if self.streaming == "auto":  # decided once, on the size of the training files
+            from pipelines.data.streaming import choose_streaming
+
+            self.streaming = choose_streaming(format, _train_bytes(self.paths["train"]),
+                                              self.streaming_threshold_mb, "data.train",
+                                              self.paths["validation"] is not None)
+        return super().read(format)
+
     def labelled_text(self) -> Splits:
-        return self._splits(
-            lambda path: read_text_classification(path, self.text_column, self.label_column)
-        )
+        def read(path):
+            return read_text_classification(path, self.text_column, self.label_column)
+
+        if self.streaming:
+            def stream(path):
+                def rows(path=path):
+                    return text_classification_rows(pathlib.Path(path), self.text_column,
+                                                    self.label_column)
+
+                if path.suffix.lower() in (".csv", ".tsv"):
+                    return self._stream([(path,)], streaming.python_reader(rows), rows,
+                                        shardable=False)
+                return self._stream([(path,)], streaming.labelled_lines, rows)
+
+            return self._streamed(stream, read)
+        return self._splits(read)
 
     def parallel_text(self) -> Splits:
         """source sentences (str) -> target sentences (str).
@@ -289,67 +392,80 @@ class FilesSource(Source):
                 return read_parallel(*resolved)
             return read_parallel_tsv(resolved)
 
+        def stream(resolved):
+            if isinstance(resolved, tuple):
+                return self._stream([resolved], streaming.parallel_lines,
+                                    lambda: parallel_rows(*resolved))
+            return self._stream([(resolved,)], streaming.parallel_tsv_lines,
+                                lambda: parallel_tsv_rows(resolved))
+
         if self.streaming:
-            return self._streaming_parallel_text(resolve, read)
+            return self._streamed(stream, read, resolve)
         return self._splits(read, resolve)
 
-    def _streaming_parallel_text(self, resolve, read) -> Splits:
-        """`data.streaming=true`: train stays in its files (`streaming.StreamingSplit`),
-        checked and counted in one pass that keeps no line; validation and test are read
-        whole."""
-        from pipelines.data import streaming
+    def _stream(self, groups: list[tuple], reader, rows, shardable: bool = True,
+                count: int | None = None):
+        """The training split that stays in its files: `groups` read by `reader` in
+        tf.data, checked and counted now by one pass of `rows()` that keeps no row (or
+        `count`, when the caller made that pass)."""
+        count = sum(1 for _ in rows()) if count is None else count
+        return streaming.StreamingSplit(groups, reader, count, self.shuffle_buffer,
+                                        python_rows=rows, shardable=shardable,
+                                        where=f"data.train={self.paths['train']}")
 
+    def _streamed(self, stream, read, resolve=_existing) -> Splits:
+        """`data.streaming=true`: train is `stream(resolve(data.train))`, a
+        `streaming.StreamingSplit`; validation and test are read whole."""
         if self.paths["validation"] is None:
             raise DataFileError(
                 "data.streaming=true keeps the training files on disk, so no validation split "
-                "can be held out of them: give data.validation=PREFIX (or a .tsv)")
-        resolved = resolve(self.paths["train"], "data.train")
-        if isinstance(resolved, tuple):
-            count = sum(1 for _ in parallel_rows(*resolved))
-            train = streaming.StreamingSplit([resolved], streaming.parallel_lines, count,
-                                             self.shuffle_buffer,
-                                             python_rows=lambda: parallel_rows(*resolved))
-        else:
-            count = sum(1 for _ in parallel_tsv_rows(resolved))
-            train = streaming.StreamingSplit([(resolved,)], streaming.parallel_tsv_lines, count,
-                                             self.shuffle_buffer,
-                                             python_rows=lambda: parallel_tsv_rows(resolved))
+                "can be held out of them: give data.validation=PATH")
         loaded = {split: read(resolve(path, f"data.{split}"))
                   for split, path in self.paths.items() if split != "train" and path is not None}
+        train = stream(resolve(self.paths["train"], "data.train"))
         return limit_splits(Splits(train=train, **loaded), self.limit, self.seed)
 
     def text_lines(self) -> Splits:
         """texts (one per line) -> document ids: plain UTF-8 text files (`.txt`, `.gz`),
         blank lines separating documents; `data.train=a.txt,b.txt` concatenates files."""
         def read(paths):
-            texts, documents, document = [], [], 0
-            for path in paths:
-                fresh = True
-                for _, line in read_lines(path):
-                    if not line.strip():
-                        document += not fresh
-                        fresh = True
-                        continue
-                    texts.append(line.strip())
-                    documents.append(document)
-                    fresh = False
-                document += not fresh
-            if not texts:
-                raise DataFileError(f"{', '.join(map(str, paths))}: no text (every line is blank)")
+            texts, documents = [], []
+            for text, document in text_line_rows(paths):
+                texts.append(text)
+                documents.append(document)
             return texts, documents
 
         def resolve(path: str, key: str):
             return [_existing(part.strip(), key) for part in str(path).split(",") if part.strip()]
 
+        def stream(paths):
+            groups, first, count = [], 0, 0  # each file with the id of its first document
+            for path in paths:
+                groups.append((path, first))
+                for _, document in _text_line_rows([path], first):
+                    first, count = document + 1, count + 1
+            if not count:
+                next(text_line_rows(paths))  # raises: no text
+            return self._stream(groups, streaming.document_lines, lambda: text_line_rows(paths),
+                                count=count)
+
+        if self.streaming:
+            return self._streamed(stream, read, resolve)
         return self._splits(read, resolve)
 
     def conll(self) -> Splits:
         """token lists -> IOB2 tag lists, from CoNLL column files (`data.tag_scheme`)."""
-        from pipelines.data.conll import TAG_SCHEMES, read_conll
+        from pipelines.data.conll import TAG_SCHEMES, conll_rows, read_conll
 
         if self.tag_scheme not in TAG_SCHEMES:
             raise DataFileError(f"data.tag_scheme must be one of {', '.join(TAG_SCHEMES)}; "
                                 f"received {self.tag_scheme!r}")
+        iob1 = self.tag_scheme == "iob1"
+        if self.streaming:
+            return self._streamed(lambda path: self._stream(
+                [(path,)], lambda file: streaming.conll_sentences(file, iob1),
+                lambda: conll_rows(path, self.tag_scheme)),
+                lambda path: read_conll(path, self.tag_scheme))
         return self._splits(lambda path: read_conll(path, self.tag_scheme))
 
     def labelled_images(self) -> Splits:

@@ -30,7 +30,7 @@ import numpy as np
 from pipelines.data.files import DataFileError
 from pipelines.data.source import Source
 from pipelines.data.splits import Splits, limit_splits
-from pipelines.data.streaming import StreamingSplit, check_streaming_format
+from pipelines.data.streaming import StreamingSplit, check_streaming_format, choose_streaming
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,13 @@ class TfrecordSource(Source):
 
     name = "tfrecord"
 
-    def __init__(self, path: str, task: str, seed: int = 42, streaming: bool = False,
+    def __init__(self, path: str, task: str, seed: int = 42, streaming: bool | str = False,
                  shuffle_buffer: int = 10_000, skip_corrupt: bool = False,
-                 limit: int | None = None):
+                 limit: int | None = None, streaming_threshold_mb: float = 256):
         self.path = pathlib.Path(path).expanduser()
         self.task, self.seed, self.limit = task, seed, limit
         self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        self.streaming_threshold_mb = streaming_threshold_mb
         self.skip_corrupt = skip_corrupt
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
@@ -247,16 +248,25 @@ class TfrecordSource(Source):
                 f"task={prepared_for}, but task={self.task} reads {format}. Prepare the data for "
                 f"this task: python -m pipelines.prepare task={self.task} data=... "
                 "data.out=DIR")
+        if self.streaming == "auto":  # decided on the size of the training shards
+            shards = [self.path / shard["file"]
+                      for shard in self.manifest["splits"].get("train", {}).get("shards", [])]
+            self.streaming = choose_streaming(
+                format, sum(path.stat().st_size for path in shards if path.is_file()),
+                self.streaming_threshold_mb, f"data.path={self.path} (train)")
         if self.streaming:
             check_streaming_format(format, self.name)
         loaded = {}
         for split, entry in self.manifest["splits"].items():
             shards = self._checked_shards(split, entry)
             if self.streaming and split == "train":
-                loaded[split] = StreamingSplit([(str(self.path / s["file"]),) for s in shards],
-                                               self._reader(format),
-                                               sum(s["count"] for s in shards),
-                                               self.shuffle_buffer)
+                files = [str(self.path / s["file"]) for s in shards]
+                loaded[split] = StreamingSplit(
+                    [(file,) for file in files], self._reader(format),
+                    sum(s["count"] for s in shards), self.shuffle_buffer,
+                    python_rows=lambda files=files, images=entry.get("images"):
+                        self._rows(format, files, images),
+                    where=f"data.path={self.path} (train: {len(files)} shards)")
             else:
                 loaded[split] = self._read_whole(format, shards, entry.get("images"))
         return limit_splits(Splits(**loaded), self.limit, self.seed)
@@ -299,14 +309,20 @@ class TfrecordSource(Source):
         parse = self._parser(format)
         return lambda path: tf.data.TFRecordDataset(path).batch(READ_BATCH).map(parse).unbatch()
 
-    def _read_whole(self, format: str, shards: list[dict], images: str | None) -> tuple:
+    def _rows(self, format: str, files: list[str], images: str | None):
+        """Yields the (input, target) rows of `files` as Python values, a batch at a time."""
         import tensorflow as tf
 
         (_, input_kind), (_, target_kind) = FEATURES[format]
-        files = [str(self.path / shard["file"]) for shard in shards]
-        inputs, targets = [], []
         ds = tf.data.TFRecordDataset(files).batch(READ_BATCH).map(self._parser(format))
         for batch_inputs, batch_targets in ds:
-            inputs.extend(_python(input_kind, batch_inputs, images))
-            targets.extend(_python(target_kind, batch_targets, images))
+            yield from zip(_python(input_kind, batch_inputs, images),
+                           _python(target_kind, batch_targets, images))
+
+    def _read_whole(self, format: str, shards: list[dict], images: str | None) -> tuple:
+        files = [str(self.path / shard["file"]) for shard in shards]
+        inputs, targets = [], []
+        for row in self._rows(format, files, images):
+            inputs.append(row[0])
+            targets.append(row[1])
         return inputs, targets

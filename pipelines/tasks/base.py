@@ -18,9 +18,16 @@ def plain(fn):
     return tf.autograph.experimental.do_not_convert(fn)
 
 
+def name_ids(values, names: list[str]):
+    """strings (...) -> int32 (...): each value's index in `names` (every value is one of
+    them: labels and tags of the training split), in the graph (a streamed split's labels)."""
+    matches = tf.equal(tf.expand_dims(values, -1), tf.constant(names))  # (..., N)
+    return tf.argmax(tf.cast(matches, tf.int32), -1, output_type=tf.int32)
+
+
 def label_names(splits: Splits, shown: int = 20) -> list[str]:
-    """The sorted label names of the training split, checked: at least two, and none in the
-    validation or test split that training never saw."""
+    """The sorted label names of the training split (one pass over a streamed one), checked:
+    at least two, and none in the validation or test split that training never saw."""
     names = sorted(set(splits.train[1]))
     if len(names) < 2:
         raise ValueError(f"the training split has only the label {names}; need at least 2")

@@ -24,7 +24,7 @@ import keras_hub
 import tensorflow as tf
 
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
-from pipelines.data.streaming import sample_rows
+from pipelines.data.streaming import sample_rows, text_batches
 from pipelines.tasks.base import Task, plain
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
@@ -35,7 +35,7 @@ _PUNCTUATION = re.compile(r'[!"#$%&()\*\+,\-\./:;<=>?@\[\\\]^_`{|}~\']')  # as T
 def learn_wordpiece(texts: list[str], vocabulary_size: int, lowercase: bool):
     """A WordPiece tokenizer whose vocabulary is learned on `texts` (ids 0-3 reserved)."""
     vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-        tf.data.Dataset.from_tensor_slices(texts).batch(1024), vocabulary_size,
+        text_batches(texts), vocabulary_size,
         lowercase=lowercase, strip_accents=False, reserved_tokens=RESERVED,
     )
     return keras_hub.tokenizers.WordPieceTokenizer(
@@ -90,7 +90,7 @@ class WordTokenizer:
         standardize = "lower_and_strip_punctuation" if lowercase else "strip_punctuation"
         counter = keras.layers.TextVectorization(max_tokens=vocabulary_size - 2,
                                                  standardize=standardize)
-        counter.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
+        counter.adapt(text_batches(texts))
         words = [str(w) for w in counter.get_vocabulary()[2:]]  # without '' and [UNK]
         self.layer = keras.layers.TextVectorization(
             vocabulary=[START.lower(), END.lower(), *words], standardize=standardize,
@@ -137,22 +137,36 @@ SENTENCEPIECE_OPTIONS = dict(
 
 def vocabulary_lines(texts, sample: int | None, seed: int) -> list[str]:
     """At most `sample` of `texts` (None: all of them), drawn with `seed`, in corpus order; a
-    streaming column (`data.streaming=true`) gives the same lines in one pass over its files."""
+    streaming column (`data.streaming=true`) gives the same lines in one pass over its files
+    (all of them: the column itself, which the learners stream)."""
     return sample_rows(texts, sample, seed)
 
 
-def learn_sentencepiece(texts: list[str], vocabulary_size: int) -> bytes:
-    """The serialized SentencePiece model (`ModelProto`) learned on `texts`, ids 0-3 reserved.
-    Lines without a character are left out (the trainer refuses an empty corpus)."""
+def learn_sentencepiece(texts, vocabulary_size: int) -> bytes:
+    """The serialized SentencePiece model (`ModelProto`) learned on `texts` (a list, or any
+    iterable: a streaming column is read once), ids 0-3 reserved. Lines without a character
+    are left out (the trainer refuses an empty corpus)."""
+    import itertools
+
     import sentencepiece
 
-    lines = [text for text in texts if text.strip()]
-    if not lines:
+    seen = 0
+
+    def counted():
+        nonlocal seen
+        for text in texts:
+            seen += 1
+            yield text
+
+    lines = (text for text in counted() if text.strip())
+    first = next(lines, None)
+    if first is None:
         raise ValueError("a SentencePiece vocabulary needs at least one non-empty line; "
-                         f"received {len(texts)} lines")
+                         f"received {seen} lines")
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=int(vocabulary_size),
+        sentence_iterator=itertools.chain([first], lines), model_writer=model,
+        vocab_size=int(vocabulary_size),
         num_threads=min(os.cpu_count() or 1, 16), **SENTENCEPIECE_OPTIONS)
     return model.getvalue()
 
@@ -202,7 +216,8 @@ class SentencePieceTokenizer:
 
         self.lowercase = lowercase
         if lowercase:  # the graph's own lower-casing, so that training and serving agree
-            texts = [t.decode("utf-8") for t in self._lower(tf.constant(list(texts))).numpy()]
+            texts = (t.decode("utf-8") for batch in text_batches(texts)
+                     for t in self._lower(batch).numpy())
         self.model = learn_sentencepiece(texts, vocabulary_size)
         processor = sentencepiece.SentencePieceProcessor(model_proto=self.model)
         self.vocabulary = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]

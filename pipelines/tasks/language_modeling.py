@@ -12,6 +12,10 @@ reads the first `sequence_length` of a window and predicts each next one (static
 no padding in training; the evaluation split's last window is padded and its padding is not
 scored). A target `[START]` (the token after every `[END]`) is never scored: it is certain.
 
+With `data.streaming=true` the training text stays in its files: the windows are built in
+tf.data (`stream_windows`, per file group; counted in one pass before training) and the
+vocabulary learns on `task.vocabulary_sample` lines.
+
 `perplexity = exp(mean NLL)` and `bits_per_token = mean NLL / ln 2`, the mean over every
 scored token of the evaluation stream (the WordPiece tokens and one `[END]` per document),
 each token seeing the earlier tokens of its window only. They depend on the tokenization:
@@ -49,6 +53,7 @@ import tensorflow as tf
 from pipelines.config import option_value
 from pipelines.data import Splits
 from pipelines.data.files import DataFileError
+from pipelines.data.streaming import StreamingSplit, example_dataset
 from pipelines.tasks.base import Task, plain
 from pipelines.tasks.generation import RESERVED, learn_tokenizer
 
@@ -78,10 +83,11 @@ class LanguageModeling(Task):
     def adapt(self, splits: Splits) -> None:
         cfg = self.task_cfg
         self.length = int(cfg.sequence_length)
-        texts = list(splits.train[0])
+        texts = splits.train[0]
         self.tokenizer_kind = option_value(cfg.get("tokenizer", "wordpiece"))
         self.tokenizer = learn_tokenizer(self.tokenizer_kind, texts, int(cfg.vocabulary_size),
-                                         bool(cfg.lowercase))
+                                         bool(cfg.lowercase), cfg.get("vocabulary_sample"),
+                                         self.seed)
         self.start_id, self.end_id = self.tokenizer.start_id, self.tokenizer.end_id
         decode = self.decode_cfg
         self.max_new_tokens = int(decode.max_length or self.length // 2)
@@ -96,16 +102,22 @@ class LanguageModeling(Task):
                            length_penalty=float(decode.length_penalty),
                            top_k=int(decode.top_k), top_p=float(decode.top_p),
                            temperature=float(decode.temperature), seed=int(decode.seed))
-        self.train_windows = self.windows(splits.train)
+        if isinstance(splits.train, StreamingSplit):  # counted in one pass, never held
+            self.train_windows = None
+            self.train_count = int(self.stream_windows(splits.train).reduce(
+                np.int64(0), lambda count, _: count + 1))
+        else:
+            self.train_windows = self.windows(splits.train)
+            self.train_count = len(self.train_windows)
         batch = int(self.trainer_cfg.batch_size)
-        if len(self.train_windows) < batch:
+        if self.train_count < batch:
             raise DataFileError(
-                f"{self._train_name()}: the training text makes {len(self.train_windows)} "
+                f"{self._train_name()}: the training text makes {self.train_count} "
                 f"sequences of task.sequence_length={self.length} tokens, fewer than one batch "
                 f"(trainer.batch_size={batch}); give more text, or lower "
                 "task.sequence_length or trainer.batch_size")
         log.info("language modeling: %d WordPiece tokens, %d training sequences of %d",
-                 self.tokenizer.vocabulary_size(), len(self.train_windows), self.length)
+                 self.tokenizer.vocabulary_size(), self.train_count, self.length)
 
     def _train_name(self) -> str:
         paths = getattr(self.data, "paths", None)
@@ -143,14 +155,58 @@ class LanguageModeling(Task):
         starts = np.arange(count)[:, None] * size
         return padded[starts + np.arange(size + 1)[None]]  # (N, T + 1)
 
+    def stream_windows(self, pair, training: bool = False):
+        """A streamed split's (T + 1,) windows (`data.streaming=true`), built per file group
+        (`StreamingSplit.examples(per_group=...)`) as `windows` builds them of a list: its
+        lines tokenized a batch at a time, `[START]` before each document and `[END]` after,
+        the stream cut every `sequence_length` tokens. The token stream is the one a whole
+        read gives; windows do not span two groups (each group's rest is dropped). For
+        training the groups are shuffled, the windows shuffled in a bounded buffer."""
+        return example_dataset(pair, training, self.seed, per_group=self._windows)
+
+    def _windows(self, examples):
+        """(text, document id) examples in order -> (T + 1,) windows, stride T."""
+        by_line = str(option_value(self.task_cfg.documents)) == "lines"
+        start, end, size = self.start_id, self.end_id, self.length
+
+        def pieces(state, batch):
+            previous, fresh = state  # the last line's document; nothing read yet
+            texts, documents = batch
+            documents = tf.cast(documents, tf.int64)
+            first = tf.concat([[fresh], tf.zeros_like(documents[1:], tf.bool)], 0)
+            new = tf.logical_or(first, tf.not_equal(
+                documents, tf.concat([[previous], documents[:-1]], 0)))
+            if by_line:
+                new = tf.ones_like(new)
+            # a new document: [END] of the one before (none before the first), [START]
+            edges = tf.ragged.boolean_mask(
+                tf.tile([[end, start]], [tf.shape(new)[0], 1]),
+                tf.stack([tf.logical_and(new, tf.logical_not(first)), new], 1))
+            ids = tf.concat([edges, self.tokenizer.tokenize(texts)], 1)  # ragged (B, None)
+            return (documents[-1], tf.constant(False)), ids.flat_values
+
+        def cut(before, chunk):  # window = the chunk before + this chunk's first token
+            return chunk, (tf.concat([before, chunk[:1]], 0), tf.size(before) == size)
+
+        tokens = examples.batch(1024).scan((tf.constant(-1, tf.int64), tf.constant(True)),
+                                           pieces)
+        tokens = tokens.concatenate(tf.data.Dataset.from_tensors(tf.constant([end], tf.int32)))
+        windows = tokens.rebatch(size).scan(tf.zeros([0], tf.int32), cut)
+        return windows.filter(lambda window, full: full).map(
+            lambda window, full: tf.ensure_shape(window, [size + 1]))
+
     def train_examples(self, splits: Splits) -> int:
-        return len(self.train_windows)
+        return self.train_count
 
     def dataset(self, pair, training, batch_size):
-        windows = self.train_windows if training else self.windows(pair, pad=True)
-        ds = tf.data.Dataset.from_tensor_slices(windows)
-        if training:
-            ds = ds.shuffle(len(windows), seed=self.seed, reshuffle_each_iteration=True).repeat()
+        if isinstance(pair, StreamingSplit):
+            ds = self.stream_windows(pair, training)
+        else:
+            windows = self.train_windows if training else self.windows(pair, pad=True)
+            ds = tf.data.Dataset.from_tensor_slices(windows)
+            if training:
+                ds = ds.shuffle(len(windows), seed=self.seed,
+                                reshuffle_each_iteration=True).repeat()
         ds = ds.batch(batch_size, drop_remainder=training)
         return ds.map(plain(lambda w: (w[:, :-1], w[:, 1:])), num_parallel_calls=tf.data.AUTOTUNE
                       ).prefetch(tf.data.AUTOTUNE)

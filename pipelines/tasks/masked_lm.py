@@ -10,6 +10,10 @@ epoch draws fresh masks; validation masks are drawn once, so epochs compare). Th
 the backbone's `text_encoder` with token + segment + position embeddings; the output head is
 tied to the token embedding (`layers.MaskedLMHead`).
 
+With `data.streaming=true` (`text_lines`, without next-sentence pairs or `exclude_texts`,
+which need the corpus whole) the lines are packed in tf.data as they are read, and the
+vocabulary learns on `task.vocabulary_sample` lines (a streamed column in one pass).
+
 The run leaves `pretraining.json` (vocabulary, tokenizer, sizes) in its run directory, which
 `model.init_from=RUN_DIR` (`pipelines.pretrained`) reads to fine-tune another task.
 """
@@ -27,10 +31,11 @@ import numpy as np
 import tensorflow as tf
 
 import layers
-from pipelines.config import option_value
+from pipelines.config import check_masked_lm_streaming, option_value
 from pipelines.data import Splits
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.data.files import DataFileError
+from pipelines.data.streaming import StreamingSplit, example_dataset, sample_rows, text_batches
 from pipelines.tasks.base import Task
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -49,12 +54,13 @@ def normalize(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.lower())
 
 
-def learn_vocabulary(texts: list[str], size: int, tokenizer: str, lowercase: bool) -> list[str]:
+def learn_vocabulary(texts, size: int, tokenizer: str, lowercase: bool) -> list[str]:
     """Tokens by id: the 5 special tokens, then WordPiece pieces (keras-hub's trainer) or the
-    most frequent whitespace-separated words (ties alphabetical), `size` in all at most."""
+    most frequent whitespace-separated words (ties alphabetical), `size` in all at most.
+    `texts`: a list, or a streaming column (read in one pass)."""
     if tokenizer == "wordpiece":
         return list(keras_hub.tokenizers.compute_word_piece_vocabulary(
-            tf.data.Dataset.from_tensor_slices(texts).batch(1024), size, lowercase=lowercase,
+            text_batches(texts), size, lowercase=lowercase,
             strip_accents=False, reserved_tokens=SPECIAL))
     counts = collections.Counter(w for t in texts for w in (t.lower() if lowercase else t).split())
     for token in SPECIAL:
@@ -159,6 +165,9 @@ class MaskedLm(Task):
         joined by spaces) or `parallel_text` (the source side) serve too, one document each."""
         reader = str(self.task_cfg.reader)
         splits = self.data.read(reader)
+        if isinstance(splits.train, StreamingSplit):  # text_lines, nothing that needs it whole
+            check_masked_lm_streaming(self.task_cfg)
+            return splits
 
         def as_lines(pair):
             if not pair or reader == "text_lines":
@@ -221,8 +230,8 @@ class MaskedLm(Task):
         if not 0.0 < cfg.mask_rate < 1.0:
             raise ValueError(f"task.mask_rate must be in (0, 1); received {cfg.mask_rate}")
         tokenizer = option_value(cfg.tokenizer)
-        vocabulary = learn_vocabulary(splits.train[0], cfg.vocabulary_size, tokenizer,
-                                      cfg.lowercase)
+        texts = sample_rows(splits.train[0], cfg.get("vocabulary_sample"), self.seed)
+        vocabulary = learn_vocabulary(texts, cfg.vocabulary_size, tokenizer, cfg.lowercase)
         self.text_ids = TextIds(vocabulary, tokenizer, cfg.lowercase, cfg.max_length,
                                 name="text_ids")
         self.vocabulary_size = len(vocabulary)
@@ -284,10 +293,17 @@ class MaskedLm(Task):
              "mask_weights": tf.cast(masked["mask_weights"], tf.float32), "next": is_next}
         return x, y
 
-    def dataset(self, pair, training, batch_size):
-        """Sequences are tokenized and packed once; batches hold sequences of one length
-        bucket (`task.length_buckets`), cut to it; masks are drawn per batch, after `repeat`,
-        so afresh every epoch (validation: once, so that epochs compare)."""
+    def sequences(self, pair, training):
+        """Unbatched (token ids (T,), segment ids (T,), is_next): a list's sequences packed
+        once here; a streamed split's (`data.streaming=true`, no next-sentence pairs) as
+        tf.data reads it."""
+        if isinstance(pair, StreamingSplit):
+            def pack(texts, documents):
+                token_ids, segment_ids = self._pack(texts, None)
+                return token_ids, segment_ids, tf.zeros_like(documents, tf.int32)
+
+            return example_dataset(pair, training, self.seed).batch(1024).map(
+                pack, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         texts, documents = pair
         seed = self.seed + (0 if training else 1)
         first, second, is_next = self._pairs(texts, documents, seed)
@@ -295,9 +311,13 @@ class MaskedLm(Task):
                   tf.data.Dataset.from_tensor_slices((first, second)).batch(4096)]
         token_ids = np.concatenate([ids for ids, _ in packed])
         segment_ids = np.concatenate([segments for _, segments in packed])
-        ds = tf.data.Dataset.from_tensor_slices((token_ids, segment_ids, is_next))
-        if training:
-            ds = ds.shuffle(len(texts), seed=self.seed, reshuffle_each_iteration=True).repeat()
+        return example_dataset((token_ids, segment_ids, is_next), training, self.seed)
+
+    def dataset(self, pair, training, batch_size):
+        """Sequences are tokenized and packed once; batches hold sequences of one length
+        bucket (`task.length_buckets`), cut to it; masks are drawn per batch, after `repeat`,
+        so afresh every epoch (validation: once, so that epochs compare)."""
+        ds = self.sequences(pair, training)
         buckets = resolve_buckets(self.task_cfg.get("length_buckets"), self.task_cfg.max_length)
         if buckets:
             ds = bucket_by_length(ds, lambda ids, *_: tf.math.count_nonzero(ids), buckets,

@@ -31,7 +31,8 @@ import layers
 from layers.char_encoder import DEFAULT_NUM_CHARS
 from pipelines.data import Splits
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
-from pipelines.tasks.base import Task
+from pipelines.data.streaming import StreamingColumn, StreamingSplit, example_dataset
+from pipelines.tasks.base import Task, name_ids
 
 # Case classes, ids 1.. in this order (0 = padding); the first that matches wins.
 CASE_CLASSES = (
@@ -77,7 +78,7 @@ class Ner(Task):
         self.crf = None
 
     def adapt(self, splits: Splits) -> None:
-        tokens, tags = splits.train
+        tokens, tags = splits.train  # a streamed split: one pass for the tags, one for words
         self.length = self.task_cfg.max_length
         self.tag_names = sorted({tag for sentence in tags for tag in sentence})
         for split_name, pair in (("validation", splits.validation), ("test", splits.test)):
@@ -95,12 +96,22 @@ class Ner(Task):
             self.lookup = keras.layers.StringLookup(
                 max_tokens=self.task_cfg.vocabulary_size, mask_token="", oov_token="[UNK]",
                 name="word_lookup")
-            words = [self._standardize(w) for sentence in tokens for w in sentence]
-            self.lookup.adapt(tf.data.Dataset.from_tensor_slices(words).batch(4096))
+            self.lookup.adapt(self._words(tokens))
         self.vocabulary_size = self.lookup.vocabulary_size()
 
     def _standardize(self, word):
         return word.lower() if self.task_cfg.lowercase else word
+
+    def _words(self, tokens):
+        """The training words as tf.data batches, for the lookup to adapt on: a streamed
+        split's in one pass over its files (lower-cased in the graph, as `_ids` does)."""
+        if isinstance(tokens, StreamingColumn):
+            words = tokens.split.examples().map(lambda sentence, tags: sentence).unbatch()
+            if self.task_cfg.lowercase:
+                words = words.map(lambda word: tf.strings.lower(word, encoding="utf-8"))
+            return words.batch(4096)
+        words = [self._standardize(w) for sentence in tokens for w in sentence]
+        return tf.data.Dataset.from_tensor_slices(words).batch(4096)
 
     def _pad(self, sentences, fill):
         out = np.full((len(sentences), self.length), fill, dtype=object if isinstance(fill, str) else "int32")
@@ -131,13 +142,27 @@ class Ner(Task):
         dropped = tf.logical_and(noise < self.word_dropout, ids > 1)
         return {**inputs, "word_ids": tf.where(dropped, tf.ones_like(ids), ids)}
 
-    def dataset(self, pair, training, batch_size):
+    def examples(self, pair, training):
+        """Unbatched (words (max_length,) strings, "" = padding; tag ids + 1 (max_length,),
+        0 = padding): a list padded here, a streamed split as tf.data reads it."""
+        if isinstance(pair, StreamingSplit):
+            def pad(tokens, tags):
+                tokens, tags = tokens[: self.length], tags[: self.length]
+                padding = [[0, self.length - tf.shape(tokens)[0]]]
+                return (tf.ensure_shape(tf.pad(tokens, padding, constant_values=""),
+                                        [self.length]),
+                        tf.ensure_shape(tf.pad(name_ids(tags, self.tag_names) + 1, padding),
+                                        [self.length]))
+
+            return example_dataset(pair, training, self.seed).map(
+                pad, num_parallel_calls=tf.data.AUTOTUNE)
         tokens, tags = pair
         words = self._pad(tokens, "")
         tag_ids = self._pad([[self.tag_index[t] + 1 for t in s] for s in tags], 0)
-        ds = tf.data.Dataset.from_tensor_slices((words.astype(str), tag_ids))
-        if training:
-            ds = ds.shuffle(len(tokens), seed=self.seed, reshuffle_each_iteration=True).repeat()
+        return example_dataset((words.astype(str), tag_ids), training, self.seed)
+
+    def dataset(self, pair, training, batch_size):
+        ds = self.examples(pair, training)
         buckets = resolve_buckets(self.task_cfg.get("length_buckets"), self.length)
         if buckets:
             # Tags are id + 1 at real words, 0 at padding: their count is the length.

@@ -8,7 +8,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from pipelines.data import Splits
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
-from pipelines.tasks.base import Task, label_names
+from pipelines.data.streaming import StreamingSplit, example_dataset, text_batches
+from pipelines.tasks.base import Task, label_names, name_ids
 
 
 class Sentiment(Task):
@@ -21,6 +22,9 @@ class Sentiment(Task):
     With `task.length_buckets` the training and validation batches are cut to the bucket of
     their longest sentence (`pipelines.data.bucketing`); the model takes any T <= max_length
     and its padding is masked, so serving (padded to max_length) gives the same outputs.
+
+    A streamed training split (`data.streaming=true`) is vectorized in tf.data as it is read;
+    the vocabulary adapts on one pass over its files, the label names on another.
     """
 
     def adapt(self, splits: Splits) -> None:
@@ -40,35 +44,34 @@ class Sentiment(Task):
             output_sequence_length=self.task_cfg.max_length,
             name="text_vectorization",
         )
-        self.vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(1024))
+        self.vectorizer.adapt(text_batches(texts))
         self.vocabulary_size = self.vectorizer.vocabulary_size()
 
-    def dataset(self, pair, training, batch_size):
+    def examples(self, pair, training):
+        """Unbatched (token ids (max_length,), label id): a list vectorized once here (id 0
+        only ever pads), not per epoch; a streamed split as tf.data reads it."""
+        if isinstance(pair, StreamingSplit):
+            return example_dataset(pair, training, self.seed).batch(1024).map(
+                lambda texts, labels: (self.vectorizer(texts), name_ids(labels, self.label_names)),
+                num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         texts, labels = pair
         ids = np.array([self.label_index[label] for label in labels], dtype="int32")
-        buckets = resolve_buckets(self.task_cfg.get("length_buckets"), self.task_cfg.max_length)
-        if buckets:
-            return self._bucketed(texts, ids, training, batch_size, buckets)
-        ds = tf.data.Dataset.from_tensor_slices((texts, ids))
-        if training:
-            ds = ds.shuffle(len(texts), seed=self.seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=training)
-        ds = ds.map(lambda text, y: (self.vectorizer(text), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
-
-    def _bucketed(self, texts, labels, training, batch_size, buckets):
-        """Batches of one bucket each, cut to its length. The texts are vectorized once
-        here (padded to max_length; id 0 only ever pads), not per epoch."""
         token_ids = np.zeros((len(texts), self.task_cfg.max_length), "int32")
         for start in range(0, len(texts), 4096):
             chunk = tf.constant(list(texts[start:start + 4096]), tf.string)
             token_ids[start:start + len(chunk)] = self.vectorizer(chunk).numpy()
-        ds = tf.data.Dataset.from_tensor_slices((token_ids, labels))
-        if training:
-            ds = ds.shuffle(len(texts), seed=self.seed, reshuffle_each_iteration=True).repeat()
-        ds = bucket_by_length(ds, lambda x, y: tf.math.count_nonzero(x), buckets, batch_size,
-                              drop_remainder=training, sequences=(True, False))
+        return example_dataset((token_ids, ids), training, self.seed)
+
+    def dataset(self, pair, training, batch_size):
+        """(token ids (B, T), label ids (B,)): T = max_length, or with `task.length_buckets`
+        batches of one bucket each, cut to its length."""
+        ds = self.examples(pair, training)
+        buckets = resolve_buckets(self.task_cfg.get("length_buckets"), self.task_cfg.max_length)
+        if buckets:
+            ds = bucket_by_length(ds, lambda x, y: tf.math.count_nonzero(x), buckets, batch_size,
+                                  drop_remainder=training, sequences=(True, False))
+        else:
+            ds = ds.batch(batch_size, drop_remainder=training)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def build_model(self) -> keras.Model:

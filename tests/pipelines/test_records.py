@@ -196,11 +196,11 @@ def test_streaming_refuses_what_it_cannot_stream(tmp_path):
     files = ["data=files", f"data.train={prefix}", "data.streaming=true"]
     with pytest.raises(DataFileError, match="no validation split can be held out.*data.validation"):
         open_source(compose_config(["task=translation", *files]).data).read("parallel_text")
-    (tmp_path / "s.txt").write_text("positive good\nnegative bad\n")
-    with pytest.raises(ValueError, match=r"streams the formats parallel_text.*'labelled_text' is "
-                                         r"read whole.*data.streaming=false"):
-        open_source(compose_config(["task=sentiment", "data=files", f"data.train={tmp_path}/s.txt",
-                                    "data.streaming=true"]).data).read("labelled_text")
+    with pytest.raises(ValueError, match=r"streams the formats parallel_text, labelled_text.*"
+                                         r"'image_masks' is read whole.*data.streaming=false"):
+        open_source(compose_config(["task=segmentation", "data=files", f"data.train={tmp_path}",
+                                    f"data.validation={tmp_path}",
+                                    "data.streaming=true"]).data).read("image_masks")
 
 
 SMOKE = ["model=transformer", "debug=smoke", "logger=none", "export.enabled=false",

@@ -1,0 +1,259 @@
+"""`data.streaming=true|auto` for the text tasks (sentiment, ner, language_modeling,
+masked_lm; translation in test_records): the streamed readers give the rows a whole read
+gives, a streamed task trains on exactly the examples of a whole read (one epoch, as
+multisets), a streamed run trains and exports, `auto` streams by size, and the bad inputs
+(a corpus smaller than one batch, `data.out` given to a training run) fail before training."""
+import json
+import logging
+import pathlib
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines.config import ConfigError, check
+from pipelines.data import open_source
+from pipelines.data.streaming import StreamingSplit, example_dataset
+from pipelines.prepare import compose_config, prepare
+from pipelines.run import execute
+from pipelines.tasks import build_task
+
+WORDS = "the a good bad film plot music awful great dull fine long short Paris Anna".split()
+
+
+def _labelled(path: pathlib.Path, count: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    path.write_text("".join(f"{rng.choice(['pos', 'neg'])} "
+                            f"{' '.join(rng.choices(WORDS, k=rng.randint(1, 30)))}\n"
+                            for _ in range(count)))
+    return str(path)
+
+
+def _conll(path: pathlib.Path, count: int, seed: int = 0) -> str:
+    rng, lines = random.Random(seed), ["-DOCSTART- -X- O", ""]
+    for _ in range(count):
+        lines += [f"{rng.choice(WORDS)} NN {rng.choice(['O', 'O', 'B-PER', 'B-LOC'])}"
+                  for _ in range(rng.randint(1, 20))] + [""]
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def _text(path: pathlib.Path, documents: int, seed: int = 0) -> str:
+    rng, lines = random.Random(seed), []
+    for _ in range(documents):
+        lines += [" ".join(rng.choices(WORDS, k=rng.randint(3, 12)))
+                  for _ in range(rng.randint(1, 5))] + [""]
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def _files(task: str, train: str, *overrides, streaming="true"):
+    return compose_config([f"task={task}", "data=files", f"data.train={train}",
+                           f"data.validation={train}", f"data.streaming={streaming}", *overrides])
+
+
+def _rows(split) -> list:
+    """A split's rows as Python values, by tf.data for a streamed one."""
+    if not isinstance(split, StreamingSplit):
+        return list(zip(*split))
+
+    def value(v):
+        if isinstance(v, bytes):
+            return v.decode()
+        return [value(x) for x in v.tolist()] if isinstance(v, np.ndarray) else int(v)
+
+    return [tuple(value(v) for v in row)
+            for row in example_dataset(split, False, 0).as_numpy_iterator()]
+
+
+# ----------------------------------------------------------------------------- readers
+@pytest.mark.parametrize("task, format, name, text, overrides", [
+    ("sentiment", "labelled_text", "s.txt",
+     "\ufeffpos  a good film \n\n neg\u00a0bad\u2009one\r\n\tpos x\n", []),
+    ("sentiment", "labelled_text", "s.csv", 'text,label\n"a, quoted\nline",pos\nplain,neg\n', []),
+    ("ner", "conll", "n.conll", "-DOCSTART- O\n\nEU x B-ORG\nrejects O\nGerman B-MISC\n\n\n\n"
+     "Peter B-PER\nBlackburn\u00a0I-PER\n", []),
+    ("ner", "conll", "n1.conll", "EU I-ORG\nrejects O\nGerman I-MISC\ncall I-MISC\nB I-LOC\n\n"
+     "Peter I-PER\n-DOCSTART- O\nBlackburn I-PER", ["data.tag_scheme=iob1"]),
+    ("language_modeling", "text_lines", "t.txt", "one\ntwo\n\n\n three\n\nfour\n", []),
+])
+def test_a_streamed_file_gives_the_rows_a_whole_read_gives(tmp_path, task, format, name, text,
+                                                            overrides):
+    (tmp_path / name).write_text(text, newline="")
+    cfg = _files(task, str(tmp_path / name), *overrides)
+    streamed = open_source(cfg.data).read(format).train
+    whole = open_source(_files(task, str(tmp_path / name), *overrides,
+                               streaming="false").data).read(format).train
+    assert isinstance(streamed, StreamingSplit) and len(streamed[0]) == len(whole[0]) > 1
+    assert _rows(streamed) == list(streamed.rows()) == _rows(whole)
+
+
+def test_streamed_text_files_number_their_documents_across_files(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\n\n\nthree\n\nfour\n")
+    (tmp_path / "b.txt").write_text("\nfive\nsix\n")
+    train = f"'{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}'"
+    streamed = open_source(_files("language_modeling", train).data).read("text_lines").train
+    assert [(path.rsplit("/", 1)[1], first) for path, first in streamed.files] == [
+        ("a.txt", 0), ("b.txt", 3)]
+    assert _rows(streamed) == [("one", 0), ("two", 0), ("three", 1), ("four", 2), ("five", 3),
+                               ("six", 3)] == _rows(open_source(_files(
+                                   "language_modeling", train, streaming="false").data).read(
+                                   "text_lines").train)
+
+
+def test_a_lone_carriage_return_is_refused_when_streaming(tmp_path):
+    (tmp_path / "s.txt").write_bytes(b"pos good\rneg bad\npos fine\n")
+    with pytest.raises(ValueError, match=r"s.txt:1: a carriage return without a line feed.*"
+                                         r"data.streaming=false"):
+        open_source(_files("sentiment", str(tmp_path / "s.txt")).data).read("labelled_text")
+
+
+def test_prepared_shards_stream_for_every_text_format(tmp_path):
+    small = ["data.num_train=30", "data.num_validation=4", "data.num_test=4", "data.shards=3"]
+    for task, format in (("sentiment", "labelled_text"), ("ner", "conll"),
+                         ("language_modeling", "text_lines")):
+        out = tmp_path / task
+        cfg = compose_config([f"task={task}", f"data.out={out}", *small])
+        prepare(cfg, "test")
+        read = open_source(compose_config([f"task={task}", "data=tfrecord", f"data.path={out}",
+                                           "data.streaming=true"]).data).read(format).train
+        assert isinstance(read, StreamingSplit) and len(read.files) == 3
+        assert _rows(read) == list(read.rows()) == _rows(open_source(cfg.data).read(format).train)
+
+
+def test_a_python_reader_shards_by_example_the_others_by_file(tmp_path):
+    (tmp_path / "s.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    policy = tf.data.experimental.AutoShardPolicy
+    csv = open_source(_files("sentiment", str(tmp_path / "s.csv")).data).read("labelled_text")
+    text = open_source(_files("sentiment", _labelled(tmp_path / "s.txt", 4)).data).read(
+        "labelled_text")
+    for split, expected in ((csv.train, policy.DATA), (text.train, policy.FILE)):
+        options = example_dataset(split, True, 0).options()
+        assert options.experimental_distribute.auto_shard_policy == expected
+
+
+# ----------------------------------------------------------------------------- tasks
+def _adapted(cfg):
+    task = build_task(cfg)
+    splits = task.load()
+    task.adapt(splits)
+    return task, splits
+
+
+def _epoch(dataset, count: int) -> list:
+    """The first `count` examples of a batch-size-1 training stream (one epoch: the shuffle
+    comes before the repeat), as sorted (inputs, targets) tuples."""
+    rows = []
+    for x, y in dataset.take(count).as_numpy_iterator():
+        x = x["word_ids"] if isinstance(x, dict) else x
+        rows.append((tuple(np.asarray(x).ravel().tolist()), tuple(np.asarray(y).ravel().tolist())))
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("task, write, overrides", [
+    ("sentiment", _labelled, ["task.vocabulary_size=40"]),  # length buckets on (the default)
+    ("sentiment", _labelled, ["task.length_buckets=null"]),
+    ("ner", _conll, ["task.vocabulary_size=40"]),  # length buckets on (the default)
+    ("language_modeling", _text, ["task.sequence_length=8", "task.vocabulary_size=60"]),
+])
+def test_a_streamed_task_trains_on_the_examples_of_a_whole_read(tmp_path, task, write,
+                                                                 overrides):
+    train = write(tmp_path / "train.txt", 40)
+    whole, whole_splits = _adapted(_files(task, train, *overrides, streaming="false"))
+    streamed, splits = _adapted(_files(task, train, *overrides))
+    assert isinstance(splits.train, StreamingSplit)
+    count = whole.train_examples(whole_splits)
+    assert streamed.train_examples(splits) == count > 4
+    epoch = _epoch(streamed.dataset(splits.train, True, 1), count)
+    assert epoch == _epoch(whole.dataset(whole_splits.train, True, 1), count)
+    if task != "language_modeling":  # bucketed: each example cut to its bucket's length
+        lengths = {len(x) for x, _ in epoch}
+        assert lengths <= {16, 32, 64} if "task.length_buckets=null" not in overrides else {64}
+
+
+def test_a_streamed_masked_lm_packs_the_sequences_of_a_whole_read(tmp_path):
+    overrides = ["model=transformer", "task.vocabulary_size=60", "task.max_length=16",
+                 "trainer.batch_size=4"]
+    train = _text(tmp_path / "train.txt", 15)
+    whole, whole_splits = _adapted(_files("masked_lm", train, *overrides, streaming="false"))
+    streamed, splits = _adapted(_files("masked_lm", train, *overrides))
+    assert streamed.text_ids.vocabulary == whole.text_ids.vocabulary
+    count = len(whole_splits.train[0])
+
+    def packed(task, pair):  # (token ids, segment ids); no next-sentence labels here
+        return sorted((tuple(ids.tolist()), tuple(segments.tolist())) for ids, segments, _ in
+                      task.sequences(pair, True).take(count).as_numpy_iterator())
+
+    assert packed(streamed, splits.train) == packed(whole, whole_splits.train)
+    x, y = next(iter(streamed.dataset(splits.train, True, 4)))  # masked, bucketed
+    assert x["token_ids"].shape[0] == 4 and x["token_ids"].shape[1] in (16,)
+    with pytest.raises(ConfigError, match=r"task.next_sentence=True needs it read whole"):
+        check(_files("masked_lm", train, *overrides, "task.next_sentence=true"))
+
+
+SMOKE = ["debug=smoke", "logger=none", "trainer.batch_size=8"]
+
+
+def test_a_streamed_sentiment_run_trains_and_exports(tmp_path):
+    cfg = _files("sentiment", _labelled(tmp_path / "train.txt", 64), *SMOKE)
+    check(cfg)
+    result = execute(cfg, tmp_path / "run")
+    assert isinstance(result.task.load().train, StreamingSplit)
+    assert set(result.metrics) == {"accuracy", "macro_f1"}
+    served = tf.saved_model.load(str(tmp_path / "run" / "saved_model")).signatures[
+        "serving_default"](text=tf.constant(["a good film"]))
+    assert served["probabilities"].shape == (1, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, write, overrides", [
+    ("ner", _conll, []),
+    ("language_modeling", _text, ["task.sequence_length=16"]),
+    ("masked_lm", _text, ["model=transformer", "task.max_length=32"]),
+])
+def test_a_streamed_run_trains_and_exports(tmp_path, task, write, overrides):
+    cfg = _files(task, write(tmp_path / "train.txt", 64), *SMOKE, *overrides)
+    check(cfg)
+    result = execute(cfg, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "checkpoints" / "trainer_state.json").read_text())
+    assert state["step"] > 0 and (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
+    assert isinstance(result.task.load().train, StreamingSplit)
+
+
+# ----------------------------------------------------------------------------- auto, bad input
+def test_auto_streams_a_training_file_over_the_threshold_and_says_so(tmp_path, caplog):
+    train = _labelled(tmp_path / "train.txt", 40)  # about 1 kB
+    with caplog.at_level(logging.INFO, logger="pipelines.data.streaming"):
+        big = open_source(_files("sentiment", train, "data.streaming_threshold_mb=0.001",
+                                 streaming="auto").data).read("labelled_text")
+        small = open_source(_files("sentiment", train, streaming="auto").data).read(
+            "labelled_text")
+    assert isinstance(big.train, StreamingSplit) and isinstance(small.train[0], list)
+    assert "MB >= data.streaming_threshold_mb=0.001: streamed" in caplog.text
+    assert "under data.streaming_threshold_mb=256: read whole" in caplog.text
+    check(_files("sentiment", train, streaming="auto"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.streaming=maybe", r"data.streaming must be true, false or auto.*received "
+                             r"data.streaming='maybe'"),
+    ("data.streaming_threshold_mb=0", r"data.streaming_threshold_mb must be > 0"),
+    ("data.shuffle_buffer=0", r"data.shuffle_buffer must be >= 1"),
+    ("data.out=prepared", r"data.out=prepared is a key of python -m pipelines.prepare.*drop it"
+                          r".*data=tfrecord data.path=DIR"),
+    ("data.shards=4", r"data.shards=4 is a key of python -m pipelines.prepare"),
+])
+def test_data_keys_a_training_run_cannot_use_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check(compose_config(["task=sentiment", "data=files", "data.train=x.txt", override]))
+
+
+def test_a_streamed_corpus_smaller_than_one_batch_names_the_file_before_training(tmp_path):
+    train = _labelled(tmp_path / "tiny.txt", 5)
+    cfg = _files("sentiment", train, *SMOKE, "trainer.batch_size=16")
+    with pytest.raises(ValueError, match=rf"data.train={train} \(streamed\): trainer.batch_size="
+                                         r"16 is larger than the training split \(5 examples\): "
+                                         r"one global batch"):
+        execute(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
