@@ -43,6 +43,7 @@ EXPECTED = {
     "coco_mini_image_text": ("image_text", "cnn", COCO_IMAGE_TEXT),
     "scenes_zero_shot": ("image_text", "cnn", {}),
     "scenes_visual_qa": ("visual_qa", "cnn", {}),
+    "scenes_multitask": ("multitask", "cnn", {}),
     "lm_multi30k_en": ("language_modeling", "transformer",
                        {split: f"{path}.en.gz" for split, path in MULTI30K.items()}),
     "sst2_masked_lm": ("masked_lm", "transformer", SST2_PHRASES),
@@ -61,7 +62,8 @@ NEED_THE_RUN = {"sst2_zero_shot"}
 # Smoke runs pretrain on 128 lines: verbalizer words every WordPiece vocabulary holds (letters).
 SMOKE = {"sst2_zero_shot": ["task.verbalizers.negative=[a]", "task.verbalizers.positive=[e]"]}
 WITHOUT_PRETRAINING_RUN = ("model.init_from=null", "trainer.freeze_epochs=0")
-GENERATED = {"scenes_zero_shot", "scenes_visual_qa"}  # data=synthetic: no files, no data_root
+# data=synthetic: no files, no data_root
+GENERATED = {"scenes_zero_shot", "scenes_visual_qa", "scenes_multitask"}
 MNIST = {"mnist_cnn", "mnist_vit"}  # image folders converted from IDX: `mnist_dir`, not data_root
 METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"},
            "sentiment": {"accuracy", "macro_f1"},
@@ -76,7 +78,9 @@ METRICS = {"translation": {"bleu", "chrf"}, "ner": {"f1", "precision", "recall"}
            "image_text": {f"{way}_recall_at_{k}" for way in ("image_to_text", "text_to_image")
                           for k in (1, 5, 10)},
            "visual_qa": {"accuracy", "colour_accuracy", "shape_accuracy", "count_accuracy",
-                         "prior_accuracy"}}
+                         "prior_accuracy"},
+           "multitask": {"objective", "shape_accuracy", "shape_top5_accuracy", "mask_mean_iou",
+                         "mask_pixel_accuracy", "mask_dice", "caption_bleu4", "caption_bleu1"}}
 # Experiments whose metrics differ from their task's default set.
 EXPERIMENT_METRICS = {"scenes_zero_shot": METRICS["image_text"] | {
     "zero_shot_harmonic", "zero_shot_unseen", "zero_shot_seen", "zero_shot_unseen_images",

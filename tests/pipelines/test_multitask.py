@@ -89,6 +89,22 @@ def test_a_head_without_kind_is_of_the_kind_its_name_says_and_controls_drop_head
     assert list(cfg.task.heads) == ["caption"]
 
 
+def test_the_experiment_header_commands_compose_the_run_and_its_single_head_controls():
+    import shlex
+
+    text = (REPO / "conf" / "experiment" / "scenes_multitask.yaml").read_text()
+    commands = [shlex.split(line.split("#", 1)[1], comments=True)
+                for line in text.splitlines() if "python -m pipelines experiment=" in line]
+    heads = []
+    for command in commands:
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=command[3:])
+        check(cfg)
+        heads.append(list(cfg.task.heads))
+        assert (cfg.trainer.epochs, cfg.trainer.steps_per_epoch) == (8, 125)  # one budget
+    assert heads == [["shape", "mask", "caption"], ["shape"], ["mask"], ["caption"]]
+
+
 def test_config_errors_come_before_tensorflow_is_imported():
     script = textwrap.dedent(f"""
         import sys
