@@ -26,7 +26,8 @@ PAIRS += ["image_classification/cnn", "image_classification/vit", "segmentation/
 PAIRS += [f"captioning/{model}" for model in ("lstm", "gru", "transformer")]
 PAIRS += [f"language_modeling/{model}" for model in ("lstm", "gru", "transformer")]
 PAIRS += ["masked_lm/transformer"]
-PAIRS += [f"{task}/{model}" for task in ("image_text", "visual_qa") for model in ("cnn", "vit")]
+PAIRS += [f"{task}/{model}" for task in ("image_text", "visual_qa", "multitask")
+          for model in ("cnn", "vit")]
 
 
 def main():
