@@ -774,7 +774,8 @@ class FilesData(PrepareKeys):
     mask_dir: Optional[str] = None  # segmentation: masks folder (default masks/)
     region_dir: Optional[str] = None  # segmentation: region masks (field of view) restricting metrics
     pair_key: Optional[str] = None  # segmentation: regex whose first group pairs image and mask stems
-    # true: train stays in its files, read by tf.data (pipelines.data.streaming; text tasks);
+    # true: train stays in its files, read by tf.data (pipelines.data.streaming: the text
+    # tasks, image_classification);
     # auto: so when its files hold at least streaming_threshold_mb
     streaming: Any = False
     streaming_threshold_mb: float = 256.0

@@ -14,7 +14,7 @@ import zlib
 
 from pipelines.data import streaming
 from pipelines.data.source import Source
-from pipelines.data.splits import Splits, hold_out, limit_splits
+from pipelines.data.splits import Splits, hold_out, limit_indices, limit_splits
 
 
 class DataFileError(ValueError):
@@ -471,9 +471,26 @@ class FilesSource(Source):
     def labelled_images(self) -> Splits:
         """uint8 images (H, W, 3) -> labels: each path is a folder with one sub-folder of
         images per class, the sub-folder name being the label (`images.read_image_folder`);
-        an image that does not decode fails with its file name."""
-        from pipelines.data.images import read_image_folder
+        an image that does not decode fails with its file name. Streamed
+        (`data.streaming=true`): train is the folder's file list, each image read and decoded
+        by tf.data (encoded bytes -> labels)."""
+        from pipelines.data.images import (check_streamed_image, image_folder_files,
+                                           read_image_folder)
 
+        def stream(root):  # the file list, checked by header; images decoded in tf.data
+            files = image_folder_files(root)
+            if self.limit is not None and len(files) > self.limit:  # the whole read's draw
+                files = [files[i] for i in limit_indices(len(files), self.limit, self.seed)]
+            groups = [(path, label, check_streamed_image(path)) for path, label in files]
+            return streaming.StreamingSplit(
+                groups, streaming.image_file, len(groups), self.shuffle_buffer,
+                python_rows=lambda: ((path.read_bytes(), label) for path, label in files),
+                where=f"data.train={self.paths['train']}",
+                row=lambda number, column: (files[number][0].read_bytes() if column == 0
+                                            else files[number][1]))
+
+        if self.streaming:
+            return self._streamed(stream, read_image_folder)
         return self._splits(read_image_folder)
 
     def image_masks(self) -> Splits:

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from pipelines.data.files import IMAGE_SUFFIXES, VOID, DataFileError
 
-__all__ = ["IMAGE_SUFFIXES", "VOID", "decode", "decode_image", "decode_images", "load_image",
-           "pixel_statistics", "read_image", "read_image_folder", "resize", "resize_image",
-           "resize_mask"]
+__all__ = ["IMAGE_SUFFIXES", "VOID", "check_streamed_image", "decode", "decode_image",
+           "decode_images", "image_folder_files", "load_image", "pixel_statistics", "read_image",
+           "read_image_folder", "resize", "resize_image", "resize_mask"]
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -60,6 +60,13 @@ def read_image_folder(root: pathlib.Path) -> tuple[list[np.ndarray], list[str]]:
     (`IMAGE_SUFFIXES`, any case) are skipped, hidden files too; an image that does not
     decode raises DataFileError naming the file. Sorted by class, then file name.
     """
+    files = image_folder_files(root)
+    return [read_image(path) for path, _ in files], [label for _, label in files]
+
+
+def image_folder_files(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """(image file, label) of a folder with one sub-folder of images per class, as
+    `read_image_folder` reads them (sorted by class, then file name), none read yet."""
     root = pathlib.Path(root)
     if not root.is_dir():
         raise DataFileError(
@@ -72,20 +79,41 @@ def read_image_folder(root: pathlib.Path) -> tuple[list[np.ndarray], list[str]]:
             f"{root}: no class sub-folders; expected {root}/<label>/<image>.png (one "
             "sub-folder of images per class)"
         )
-    images, labels = [], []
-    for folder in classes:
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            images.append(read_image(path))
-            labels.append(folder.name)
-    if not images:
+    files = [(path, folder.name) for folder in classes for path in sorted(folder.iterdir())
+             if not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
         raise DataFileError(
             f"{root}: no images in its class sub-folders "
             f"({', '.join(p.name for p in classes[:5])}); expected files ending in "
             f"{', '.join(IMAGE_SUFFIXES)}"
         )
-    return images, labels
+    return files
+
+
+# What tf.io.decode_image reads (Pillow's format names): a streamed image is decoded in tf.data.
+TF_IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP")  # MPO: a camera's multi-picture JPEG
+
+
+def check_streamed_image(path: pathlib.Path) -> int:
+    """An image of a streamed folder (`data.streaming=true`), checked by its header (Pillow)
+    without decoding it: its size in bytes. DataFileError naming the file when it is empty,
+    not an image, or of a format tf.data cannot decode (TIFF, WebP: read whole instead)."""
+    from PIL import Image
+
+    from pipelines.data.files import PIL_ERRORS
+
+    try:
+        size = path.stat().st_size
+        with Image.open(path) as image:
+            kind = image.format
+    except PIL_ERRORS + (Image.DecompressionBombError,) as error:
+        raise DataFileError(f"{path}: cannot read it as an image ({error})") from None
+    if not size or kind not in TF_IMAGE_FORMATS:
+        raise DataFileError(
+            f"{path}: a {kind or 'empty'} file; data.streaming=true decodes images in tf.data, "
+            f"which reads {', '.join(TF_IMAGE_FORMATS)}: convert it, or set "
+            "data.streaming=false (read whole, Pillow reads the rest)")
+    return size
 
 
 # ----------------------------------------------------------------------------- for the tasks
@@ -156,8 +184,10 @@ def pixel_statistics(images, sample: int = 2000, seed: int = 0,
     input standardisation. A sample, not the first images: folders are read class by class.
     `prepare` maps the picked images (an array or a list) to float (n, S, S, 3); by default
     they are stacked as they are (all one size)."""
+    from pipelines.data.streaming import pick
+
     picked = np.sort(np.random.default_rng(seed).permutation(len(images))[:sample])
-    chosen = images[picked] if isinstance(images, np.ndarray) else [images[i] for i in picked]
+    chosen = images[picked] if isinstance(images, np.ndarray) else pick(images, picked)
     pixels = np.asarray(prepare(chosen) if prepare else np.stack(chosen), np.float64)
     mean, variance = pixels.mean(axis=(0, 1, 2)), pixels.var(axis=(0, 1, 2))
     return mean.tolist(), np.maximum(variance, 1e-3).tolist()

@@ -46,13 +46,19 @@ def limit_splits(splits: Splits, limit: int | None, seed: int | None = None) -> 
             return pair.limited(limit)
         if pair is None or len(pair[0]) <= limit:
             return pair
-        order = list(range(len(pair[0])))
-        if seed is not None:
-            random.Random(seed).shuffle(order)
-        keep = sorted(order[:limit])
+        keep = limit_indices(len(pair[0]), limit, seed)
         return tuple([column[i] for i in keep] for column in pair)
 
     return Splits(draw(splits.train), draw(splits.validation), draw(splits.test))
+
+
+def limit_indices(count: int, limit: int, seed: int | None = None) -> list[int]:
+    """The sorted indices of the `limit` of `count` examples `data.limit` keeps (see
+    `limit_splits`): a seeded draw, or without a seed the first `limit`."""
+    order = list(range(count))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return sorted(order[:limit])
 
 
 def hold_out(train: tuple[list, list], fraction: float, seed: int) -> tuple[tuple, tuple]:

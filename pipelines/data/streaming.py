@@ -22,7 +22,9 @@ The readers here turn files into the examples the whole-file readers of `files` 
 give, line for line (the source's checking pass has refused what they would read
 differently): `parallel_lines`, `parallel_tsv_lines` (parallel_text), `labelled_lines`
 (labelled_text `LABEL TEXT` lines), `conll_sentences` (conll), `document_lines`
-(text_lines); csv/tsv tables go through the csv module (`python_reader`).
+(text_lines), `image_file` (labelled_images: the shuffled list of an image folder's files,
+each read whole by tf.data and decoded by the task); csv/tsv tables go through the csv
+module (`python_reader`).
 
 Which formats may stream is `STREAMING_FORMATS`: the tasks reading them build their
 training data through `example_dataset`.
@@ -39,8 +41,9 @@ from typing import Callable, Iterator, Sequence
 log = logging.getLogger(__name__)
 
 # The formats whose tasks take a StreamingSplit as their train split, and the tasks.
-STREAMING_FORMATS = ("parallel_text", "labelled_text", "conll", "text_lines")
-STREAMING_TASKS = "translation, sentiment, ner, language_modeling, masked_lm"
+STREAMING_FORMATS = ("parallel_text", "labelled_text", "conll", "text_lines", "labelled_images")
+STREAMING_TASKS = ("translation, sentiment, ner, language_modeling, masked_lm, "
+                   "image_classification")
 
 ROW_BATCH = 4096  # rows per tf.data batch when a split is iterated in Python
 
@@ -109,12 +112,15 @@ class StreamingSplit(tuple):
         shardable: whether tf.data can shard `reader` by file (its files are read by
             TextLineDataset or TFRecordDataset); False (a Python reader): by example.
         where: the files, as an error message names them (`data.train=PATH`).
+        row: `row(i, column)` -> that value of example i without a pass over the files,
+            for a split of one file per example (an image folder: a label, or one file's
+            bytes); None: iterating and picking stream the files.
     """
 
     def __new__(cls, files: Sequence[tuple], reader: Callable, count: int,
                 shuffle_buffer: int = 10_000, limit: int | None = None,
                 python_rows: Callable | None = None, shardable: bool = True,
-                where: str | None = None):
+                where: str | None = None, row: Callable | None = None):
         columns = (StreamingColumn(0), StreamingColumn(1))
         split = super().__new__(cls, columns)
         for column in columns:
@@ -122,7 +128,7 @@ class StreamingSplit(tuple):
         return split
 
     def __init__(self, files, reader, count, shuffle_buffer=10_000, limit=None,
-                 python_rows=None, shardable=True, where=None):
+                 python_rows=None, shardable=True, where=None, row=None):
         if not files:
             raise ValueError("a streaming split needs at least one file")
         if shuffle_buffer < 1:
@@ -132,7 +138,7 @@ class StreamingSplit(tuple):
         self.reader, self.shuffle_buffer = reader, int(shuffle_buffer)
         self.limit = limit
         self.count = int(count) if limit is None else min(int(count), int(limit))
-        self.python_rows, self.shardable = python_rows, shardable
+        self.python_rows, self.shardable, self.row = python_rows, shardable, row
         self.where = where or ", ".join(str(value) for value in self.files[0]
                                         if not isinstance(value, int))
 
@@ -144,7 +150,7 @@ class StreamingSplit(tuple):
         if limit is None or limit >= self.count:
             return self
         return StreamingSplit(self.files, self.reader, self.count, self.shuffle_buffer,
-                              limit, self.python_rows, self.shardable, self.where)
+                              limit, self.python_rows, self.shardable, self.where, self.row)
 
     def examples(self, training: bool = False, seed: int | None = None,
                  per_group: Callable | None = None):
@@ -201,6 +207,10 @@ class StreamingColumn:
         return self.split.count
 
     def __iter__(self):
+        if self.split.row is not None:
+            for number in range(len(self)):
+                yield self.split.row(number, self.index)
+            return
         for row in self.split.rows():
             yield row[self.index]
 
@@ -209,7 +219,10 @@ class StreamingColumn:
                         "or pick(column, indices) the rows it needs")
 
     def pick(self, indices: Sequence[int]) -> list:
-        """The values at the sorted `indices`, in one pass over the files."""
+        """The values at the sorted `indices`, in one pass over the files (or, with
+        `StreamingSplit.row`, from those examples' own files)."""
+        if self.split.row is not None:
+            return [self.split.row(int(number), self.index) for number in indices]
         wanted, out = iter(indices), []
         following = next(wanted, None)
         for number, value in enumerate(self):
@@ -470,3 +483,13 @@ def python_reader(rows: Callable, kinds: tuple = ("string", "string")):
                                               output_signature=signature).unbatch()
 
     return reader
+
+
+def image_file(path, label, size):
+    """`reader` of one image of a folder: (its encoded bytes, its label). The file is one
+    fixed-length record of its `size` bytes, so tf.data reads it with a file reader that
+    it can shard by file (`AutoShardPolicy.FILE`); the task decodes it."""
+    import tensorflow as tf
+
+    return tf.data.FixedLengthRecordDataset(path, record_bytes=tf.cast(size, tf.int64)).map(
+        lambda image: (image, label))

@@ -6,6 +6,9 @@ Raw inputs are uint8 images (H, W, 3), as a list of arrays (any sizes) or one ar
 the same op in training and in serving (`resize`), and the model normalises pixels itself
 (a `Normalization` layer holding the training split's per-channel mean and variance), so
 the SavedModel takes encoded image bytes of any size and needs no client-side preprocessing.
+A streamed training folder (`data.streaming=true`) is a list of files, read and decoded by
+the same ops in tf.data; its label names come from the list, its pixel statistics from the
+sampled images' own files.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
 from pipelines.data import Splits
-from pipelines.data.images import decode_images, pixel_statistics, resize
-from pipelines.tasks.base import Task, label_names
+from pipelines.data.images import decode, decode_images, pixel_statistics, resize
+from pipelines.data.streaming import StreamingSplit, example_dataset
+from pipelines.tasks.base import Task, label_names, name_ids
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +119,23 @@ class ImageClassification(Task):
         return np.array([self.label_index[label] for label in labels], dtype="int32")
 
     def dataset(self, pair, training, batch_size):
-        images, labels = pair
-        ds = tf.data.Dataset.from_tensor_slices((self._stack(images), self._ids(labels)))
-        if training:
-            ds = ds.shuffle(len(labels), seed=self.seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=training)
         size, options = self.image_size, self.task_cfg.augment
+        streamed = isinstance(pair, StreamingSplit)
+        if streamed:  # encoded images from their files, decoded (and resized) here
+            ds = example_dataset(pair, training, self.seed).map(
+                lambda image, label: (decode(image, size), name_ids(label, self.label_names)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            images, labels = pair
+            ds = tf.data.Dataset.from_tensor_slices((self._stack(images), self._ids(labels)))
+            if training:
+                ds = ds.shuffle(len(labels), seed=self.seed,
+                                reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(batch_size, drop_remainder=training)
 
         def prepare(x, y):
-            x = resize(x, size)  # (B, S, S, 3) float32
+            if not streamed:  # a streamed image is resized as it is decoded
+                x = resize(x, size)  # (B, S, S, 3) float32
             if training:
                 x = augment(x, flip=options.flip, crop=options.crop,
                             brightness=float(options.brightness))

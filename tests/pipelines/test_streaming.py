@@ -1,7 +1,8 @@
 """`data.streaming=true|auto` for the text tasks (sentiment, ner, language_modeling,
-masked_lm; translation in test_records): the streamed readers give the rows a whole read
-gives, a streamed task trains on exactly the examples of a whole read (one epoch, as
-multisets), a streamed run trains and exports, `auto` streams by size, and the bad inputs
+masked_lm; translation in test_records) and image folders (image_classification): the
+streamed readers give the rows a whole read gives, a streamed task trains on exactly the
+examples of a whole read (one epoch, as multisets), a streamed run trains and exports,
+`auto` streams by size, and the bad inputs
 (a corpus smaller than one batch, `data.out` given to a training run) fail before training."""
 import json
 import logging
@@ -257,3 +258,61 @@ def test_a_streamed_corpus_smaller_than_one_batch_names_the_file_before_training
                                          r"one global batch"):
         execute(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- image folders
+def _image_folder(root: pathlib.Path, per_class: int = 5, size: int = 12) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, kind in (("cat", "PNG"), ("dog", "JPEG"), ("owl", "BMP")):
+        (root / label).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{index}.{kind.lower()}", kind)
+    (root / "owl" / "notes.txt").write_text("not an image")  # skipped, as a whole read does
+    return str(root)
+
+
+def test_a_streamed_image_folder_trains_on_the_images_of_a_whole_read(tmp_path):
+    overrides = ["task.augment.flip=false", "task.image_size=8", "trainer.batch_size=4"]
+    folder = _image_folder(tmp_path / "train")
+    whole, whole_splits = _adapted(_files("image_classification", folder, *overrides,
+                                          streaming="false"))
+    streamed, splits = _adapted(_files("image_classification", folder, *overrides))
+    assert isinstance(splits.train, StreamingSplit) and len(splits.train.files) == 15
+    assert streamed.label_names == whole.label_names == ["cat", "dog", "owl"]
+    np.testing.assert_allclose(streamed.mean, whole.mean)
+    np.testing.assert_allclose(streamed.variance, whole.variance)
+    assert _epoch(streamed.dataset(splits.train, True, 1), 15) == _epoch(
+        whole.dataset(whole_splits.train, True, 1), 15)
+    policy = tf.data.experimental.AutoShardPolicy
+    assert example_dataset(splits.train, True, 0).options().experimental_distribute \
+        .auto_shard_policy == policy.FILE  # a file per image: each worker reads its own
+
+
+def test_a_streamed_image_folder_limits_like_a_whole_read_and_names_what_tf_cannot_decode(
+        tmp_path):
+    from PIL import Image
+
+    folder = _image_folder(tmp_path / "train")
+    limited = [_files("image_classification", folder, "data.limit=4", streaming=streaming)
+               for streaming in ("true", "false")]
+    streamed, whole = (open_source(cfg.data).read("labelled_images").train for cfg in limited)
+    assert list(streamed[1]) == whole[1] and len(streamed.files) == 4
+    decoded = [tf.io.decode_image(data, channels=3).numpy() for data in streamed[0]]
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, whole[0]))
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "cat" / "scan.tiff", "TIFF")
+    with pytest.raises(ValueError, match=r"cat/scan.tiff: a TIFF file; data.streaming=true "
+                                         r"decodes images in tf.data.*data.streaming=false"):
+        open_source(_files("image_classification", folder).data).read("labelled_images")
+
+
+@pytest.mark.slow
+def test_a_streamed_image_classification_run_trains_and_exports(tmp_path):
+    cfg = _files("image_classification", _image_folder(tmp_path / "train", per_class=8),
+                 "model=cnn", *SMOKE)
+    check(cfg)
+    result = execute(cfg, tmp_path / "run")
+    assert set(result.metrics) == {"accuracy"}
+    assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
