@@ -13,6 +13,9 @@ the per-round ratios. An untrained model rarely emits [END], so its beams run to
 
     python -m benchmarks export_latency [--rounds 5 --train-steps 0] [hydra overrides]
 
+With the override `decode.jit_compile=true` the exported search (and the in-process one) is
+XLA-compiled; the first call of each batch size, which compiles, is timed apart.
+
 Prints ms per sentence for each and
 `RATIO SavedModel per-sentence latency batch 1 / batch 32 = X.XX`.
 """
@@ -51,7 +54,7 @@ def build(args):
         trainer = Trainer(model, optimizer, task.loss, task.stats, tf.distribute.get_strategy(),
                           batch, verbose=False)
         trainer.fit(train_ds, None, 1, args.train_steps)
-    return cfg, task, model, list(splits.validation[0])
+    return cfg, task, model, splits
 
 
 def main():
@@ -60,20 +63,24 @@ def main():
     parser.add_argument("--train-steps", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. decode.beam_size=1")
     args = parser.parse_args()
-    cfg, task, model, sentences = build(args)
+    cfg, task, model, splits = build(args)
+    sentences = list(splits.validation[0])
 
     with tempfile.TemporaryDirectory() as directory:
         task.export(model, directory)
         serve = tf.saved_model.load(directory).signatures["serving_default"]
-        in_process = tf.function(task._translator(model),
+        in_process = tf.function(task.serving_fn(model),
                                  input_signature=[tf.TensorSpec([None], tf.string)])
         fns = {"SavedModel": lambda text: serve(text=text)["translation"].numpy(),
                "in-process": lambda text: in_process(text)["translation"].numpy()}
         texts = sentences[:BATCH]
         calls = {1: [tf.constant([t]) for t in texts], BATCH: [tf.constant(texts)]}
-        for fn in fns.values():  # trace, warm up
-            for inputs in calls.values():
+        first = {}
+        for name, fn in fns.items():  # trace (and compile), warm up
+            for size, inputs in calls.items():
+                began = time.perf_counter()
                 fn(inputs[0])
+                first[name, size] = time.perf_counter() - began
         # Per round and per function: the same BATCH sentences one per call, then in one call.
         seconds = {(name, size): [] for name in fns for size in calls}
         for _ in range(args.rounds):
@@ -85,6 +92,7 @@ def main():
         words = np.mean([len(t.split()) for t in out[0]])
 
     print(f"{tf.config.list_logical_devices()[0].device_type}, beam {cfg.decode.beam_size}, "
+          f"decode.jit_compile={cfg.decode.jit_compile}, "
           f"max {task.max_decode} tokens, {model.count_params():,} parameters, "
           f"{args.train_steps} train steps, {words:.1f} words per translation, "
           f"{BATCH} sentences per round, median of {args.rounds} rounds")
@@ -92,7 +100,7 @@ def main():
     for name in fns:
         for size in calls:
             print(f"{name:>10} batch {size:>2}: {1e3 * np.median(seconds[name, size]):7.1f} "
-                  f"ms per sentence")
+                  f"ms per sentence (first call {first[name, size]:.1f} s)")
         ratios[name] = np.median(np.array(seconds[name, 1]) / np.array(seconds[name, BATCH]))
     print(f"in-process per-sentence ratio batch 1 / batch {BATCH}: {ratios['in-process']:.2f}")
     print_ratio(f"SavedModel per-sentence latency batch 1 / batch {BATCH}", ratios["SavedModel"])

@@ -730,8 +730,10 @@ class DecodeConfig:
     top_p: float = 0.9
     temperature: float = 1.0  # 0: greedy
     seed: int = 0  # sampling draws are stateless, seeded (seed, step)
-    # translation/captioning: XLA-compile the search; auto: where benchmarks decoding_vs_recipe
-    # measured it faster for the decoder on this device (pipelines.decoding.choose_jit_compile)
+    # translation/captioning: XLA-compile the search; auto: where `benchmarks jit_families
+    # --decode` measured it faster for the decoder family on this device and one decode has
+    # enough sentences to pay for the compile; the export's signature only with true
+    # (pipelines.distribute.choose_decode_jit)
     jit_compile: Any = "auto"
 
 

@@ -8,7 +8,8 @@ it satisfies the Protocol below and its networks have the documented shapes.
 
 Every factory also carries `name` (the model group's option), `dropout` (before a head) and
 `xla_on_cpu` (whether `benchmarks/jit_families` measured its training step faster under XLA on
-the CPU: what `trainer.jit_compile=auto` reads).
+the CPU: what `trainer.jit_compile=auto` reads); a `sequence_decoder` also `xla_decode_on_cpu`
+(the same for its beam search, `jit_families --decode`: what `decode.jit_compile=auto` reads).
 """
 from __future__ import annotations
 

@@ -159,13 +159,12 @@ class Captioning(GenerationTask):
 
     def describe(self, model, images: np.ndarray, batch_size: int = 128) -> list[str]:
         """uint8 (N, S, S, 3) -> one caption per image."""
-        fn = tf.function(lambda x: self.detokenize(self.generate_ids(model, x)),
+        jit = self.decode_jit(len(images))
+        fn = tf.function(lambda x: self.detokenize(self.generate_ids(model, x, jit)),
                          reduce_retracing=True, autograph=False)
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = tf.cast(images[start:start + batch_size], tf.float32)
-            out.extend(t.decode("utf-8") for t in fn(batch).numpy())
-        return out
+        return self.decode_in_batches(
+            lambda batch: [t.decode("utf-8") for t in fn(tf.cast(batch, tf.float32)).numpy()],
+            images, batch_size, jit)
 
     def evaluate(self, model, pair, batch_size):
         hypotheses = self.describe(model, self.images(pair))
@@ -229,11 +228,11 @@ class Captioning(GenerationTask):
 
     # ------------------------------------------------------------------ serving
     def serving_fn(self, model):
-        size = self.image_size
+        size, jit = self.image_size, self.decode_jit(None)  # decode.jit_compile for the export
 
         def serve(image_bytes):
             pixels = decode_images(image_bytes, size)  # (B, S, S, 3) float32
-            return {"caption": self.detokenize(self.generate_ids(model, pixels))}
+            return {"caption": self.detokenize(self.generate_ids(model, pixels, jit))}
 
         return serve
 

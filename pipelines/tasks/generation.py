@@ -16,16 +16,21 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import logging
 import os
 import re
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.data.streaming import sample_rows, text_batches
+from pipelines.distribute import choose_decode_jit
 from pipelines.tasks.base import Task, plain
+
+log = logging.getLogger(__name__)
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED = [PAD, UNK, START, END]  # ids 0..3
@@ -304,11 +309,60 @@ class TargetText:
         ids = tf.cast(ids, tf.int32)
         return self.tokenizer.detokenize(tf.ragged.boolean_mask(ids, ids >= len(RESERVED)))
 
-    def generate_ids(self, model, source):
-        """source (B, ...) -> token ids (B, max_decode), beam search per `decode.*`."""
-        return model.generate(source, self.start_id, self.end_id, self.max_decode,
-                              beam_size=self.decode_cfg.beam_size,
-                              length_penalty=self.decode_cfg.length_penalty)
+    def generate_ids(self, model, source, jit_compile: bool = False):
+        """source (B, ...) -> token ids (B, max_decode), beam search per `decode.*`, under XLA
+        with `jit_compile` (`search`)."""
+        return self.search(model, jit_compile)(source)
+
+    def decode_jit(self, sentences: int | None) -> bool:
+        """Whether decoding `sentences` sentences in one go runs under XLA (None: the exported
+        signature): `decode.jit_compile` (`auto`: the backbone family's measurement and enough
+        sentences to pay for the compile, `pipelines.distribute.choose_decode_jit`). Each
+        choice is logged once, with its reason."""
+        jit, reason = choose_decode_jit(self.decode_cfg.get("jit_compile", "auto"),
+                                        getattr(self, "backbone", None), sentences)
+        if getattr(self, "_decode_jit_reasons", None) is None:
+            self._decode_jit_reasons = set()
+        if reason not in self._decode_jit_reasons:
+            self._decode_jit_reasons.add(reason)
+            log.info("decode: XLA %s (%s)", "on" if jit else "off", reason)
+        return jit
+
+    def search(self, model, jit_compile: bool = False):
+        """source (B, ...) -> ids (B, max_decode): `model.generate` with `decode.*`; with
+        `jit_compile` a `tf.function(jit_compile=True)`, one per model, so that every caller
+        shares its compiled shapes. The encoder runs inside it too; tokenizers stay outside
+        (string ops do not compile)."""
+        def generate(source):
+            return model.generate(source, self.start_id, self.end_id, self.max_decode,
+                                  beam_size=self.decode_cfg.beam_size,
+                                  length_penalty=self.decode_cfg.length_penalty)
+
+        if not jit_compile:
+            return generate
+        if getattr(self, "_xla_searches", None) is None:
+            self._xla_searches = {}
+        if id(model) not in self._xla_searches:  # the model is kept with it: its id stays unique
+            self._xla_searches[id(model)] = (model, tf.function(
+                generate, jit_compile=True, reduce_retracing=True, autograph=False))
+        return self._xla_searches[id(model)][1]
+
+    @staticmethod
+    def decode_in_batches(fn, items, batch_size: int, equal_sizes: bool) -> list:
+        """`fn(batch)` -> one output per item, over `items` (a list or an array) in batches
+        of `batch_size`. With `equal_sizes` (XLA: one compile per shape) every batch has the
+        same size: the last is padded with copies of its last item (which end when it ends),
+        and their outputs dropped."""
+        outputs, size = [], min(batch_size, len(items))
+        for start in range(0, len(items), size or 1):
+            batch = items[start:start + size]
+            count = len(batch)
+            if count < size and equal_sizes:
+                batch = (np.concatenate([batch, np.repeat(batch[-1:], size - count, axis=0)])
+                         if isinstance(batch, np.ndarray) else
+                         list(batch) + [batch[-1]] * (size - count))
+            outputs.extend(list(fn(batch))[:count])
+        return outputs
 
 
 class GenerationTask(TargetText, Task):

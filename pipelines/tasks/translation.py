@@ -62,19 +62,26 @@ class Translation(GenerationTask):
         return model
 
     # ------------------------------------------------------------------ decoding
-    def serving_fn(self, model):
+    def serving_fn(self, model, jit_compile: bool | None = None):
+        """The export's text -> translation; the search under XLA with `jit_compile` (None:
+        what `decode.jit_compile` says for the export, `decode_jit(None)`)."""
+        if jit_compile is None:
+            jit_compile = self.decode_jit(None)
+
         def translate(text):
-            return {"translation": self.detokenize(self.generate_ids(model, self.encode_source(text)))}
+            ids = self.generate_ids(model, self.encode_source(text), jit_compile)
+            return {"translation": self.detokenize(ids)}
 
         return translate
 
     def translate(self, model, texts: list[str], batch_size: int = 128) -> list[str]:
-        fn = tf.function(self.serving_fn(model), reduce_retracing=True, autograph=False)
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = tf.constant(texts[start:start + batch_size])
-            out.extend(t.decode("utf-8") for t in fn(batch)["translation"].numpy())
-        return out
+        jit = self.decode_jit(len(texts))
+        fn = tf.function(self.serving_fn(model, jit), reduce_retracing=True, autograph=False)
+
+        def batch_translations(batch):
+            return [t.decode("utf-8") for t in fn(tf.constant(batch))["translation"].numpy()]
+
+        return self.decode_in_batches(batch_translations, list(texts), batch_size, jit)
 
     def evaluate(self, model, pair, batch_size):
         sources, references = pair
