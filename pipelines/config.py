@@ -844,6 +844,9 @@ class TrainerConfig:
     # when task.monitor names one, else eval_bleu_every (pipelines.tasks.validation)
     eval_every: Optional[int] = None
     freeze_epochs: int = 0  # with model.init_from: train only the new layers (the head) this many epochs
+    # [a, b]: a TensorBoard profile of training steps a..b (1-based, within the first epoch)
+    # in <run dir>/profile; null = off
+    profile_steps: Optional[list[int]] = None
     verbose: bool = True
 
 
@@ -952,6 +955,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size must be >= 1; received {cfg.trainer.batch_size}")
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs must be >= 1; received {cfg.trainer.epochs}")
+    check_profile_steps(cfg.trainer.get("profile_steps"), cfg.trainer.steps_per_epoch)
     eval_every = cfg.trainer.get("eval_every")
     if eval_every is not None and eval_every < 0:
         raise ConfigError(f"trainer.eval_every must be >= 0 or null; received {eval_every}")
@@ -1001,6 +1005,23 @@ def check_data(data: DictConfig) -> None:
     if data.get("shuffle_buffer", 1) < 1:
         raise ConfigError(f"data.shuffle_buffer must be >= 1 (examples in the streaming "
                           f"training shuffle buffer); received {data.shuffle_buffer}")
+
+
+def check_profile_steps(steps, steps_per_epoch: int | None) -> None:
+    """`trainer.profile_steps`: null, or [a, b] with 1 <= a <= b <= the steps of an epoch
+    (`steps_per_epoch`; None: not known before the data is read, `run` checks it then)."""
+    if steps is None:
+        return
+    steps = list(steps) if OmegaConf.is_list(steps) or isinstance(steps, (list, tuple)) else steps
+    if (not isinstance(steps, list) or len(steps) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+            or not 1 <= steps[0] <= steps[1]):
+        raise ConfigError(f"trainer.profile_steps must be [a, b], two ints with 1 <= a <= b "
+                          f"(training steps to profile), or null; received {steps}")
+    if steps_per_epoch is not None and steps[1] > steps_per_epoch:
+        raise ConfigError(f"trainer.profile_steps={steps} ends after the first epoch "
+                          f"({steps_per_epoch} steps, trainer.steps_per_epoch); pick b <= "
+                          f"{steps_per_epoch}")
 
 
 def _check_decode(cfg: DictConfig) -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipelines.checkpoints import CheckpointHook  # noqa: E402,F401 - re-exported
 from pipelines import pretrained  # noqa: E402
-from pipelines.config import option_value as _value  # noqa: E402
+from pipelines.config import check_profile_steps, option_value as _value  # noqa: E402
 from pipelines.data.streaming import StreamingSplit, check_one_batch  # noqa: E402
 from pipelines.distribute import choose_jit_compile, is_chief, make_strategy  # noqa: E402
 from pipelines.optimizers import make_optimizer  # noqa: E402,F401 - re-exported
@@ -138,6 +138,8 @@ def _train(cfg: DictConfig, task, splits, strategy, tracker: Tracker, run_dir: p
     train_ds = task.dataset(splits.train, training=True, batch_size=batch)
     val_ds = task.dataset(splits.validation, training=False, batch_size=batch)
     steps = tcfg.steps_per_epoch or max(1, task.train_examples(splits) // batch)
+    profile_steps = tcfg.get("profile_steps")
+    check_profile_steps(profile_steps, steps)  # the epoch's length is known now
     jit_compile, reason = choose_jit_compile(tcfg.jit_compile, task.backbone,
                                              steps * tcfg.epochs)
     log.info("XLA %s (%s)", "on" if jit_compile else "off", reason)
@@ -159,7 +161,9 @@ def _train(cfg: DictConfig, task, splits, strategy, tracker: Tracker, run_dir: p
                              checkpoints, MlflowHook(tracker)],
                       verbose=tcfg.verbose,
                       checkpoint_every_steps=tcfg.checkpoint_every_steps,
-                      max_nan_recoveries=tcfg.max_nan_recoveries, lr_scale=lr_scale)
+                      max_nan_recoveries=tcfg.max_nan_recoveries, lr_scale=lr_scale,
+                      profile_steps=tuple(profile_steps) if profile_steps else None,
+                      profile_dir=run_dir / "profile")
     checkpoints.restore(trainer)
     trainer.fit(train_ds, val_ds, tcfg.epochs, steps, tcfg.eval_steps)
     return model

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from pipelines.hooks import Hook, PartialEpoch, TrainerState
 
-__all__ = ["EarlyStopping", "Hook", "PartialEpoch", "Trainer", "TrainerState",
+__all__ = ["EarlyStopping", "Hook", "PartialEpoch", "StepProfiler", "Trainer", "TrainerState",
            "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,11 @@ class Trainer:
             it); NaN recovery halves it. Without it, recovery halves a constant rate through
             the optimizer's `learning_rate` setter, and a schedule cannot be halved.
         handle_signals: stop cleanly on SIGTERM/SIGINT during `fit` (main thread only).
+        profile_steps: `(a, b)`: a TensorBoard profile of training steps a..b (1-based, the
+            run's global count, as Keras's `TensorBoard(profile_batch=(a, b))` counts batches)
+            written to `profile_dir` (`<profile_dir>/plugins/profile/<time>/*.xplane.pb`);
+            None = off.
+        profile_dir: where the profile goes; needed with `profile_steps`.
     """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
@@ -134,7 +139,8 @@ class Trainer:
                  global_batch_size: int, jit_compile: bool = False,
                  hooks: Iterable[Hook] = (), verbose: bool = True,
                  checkpoint_every_steps: int | None = None, max_nan_recoveries: int = 0,
-                 lr_scale: tf.Variable | None = None, handle_signals: bool = True):
+                 lr_scale: tf.Variable | None = None, handle_signals: bool = True,
+                 profile_steps: tuple[int, int] | None = None, profile_dir: str | None = None):
         if checkpoint_every_steps is not None and checkpoint_every_steps < 1:
             raise ValueError("trainer.checkpoint_every_steps must be >= 1 or null; received "
                              f"{checkpoint_every_steps}")
@@ -158,6 +164,7 @@ class Trainer:
         self.state = TrainerState()  # saved with checkpoints, restored on resume
         self.stop_signal: str | None = None  # the signal that asked this process to stop
         self._last_good: list | None = None  # host copies of the last finite save point
+        self.profiler = StepProfiler(profile_steps, profile_dir) if profile_steps else None
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
 
@@ -247,7 +254,11 @@ class Trainer:
             TrainingInterrupted: a SIGTERM/SIGINT arrived; the save point is written.
         """
         with self._signals_stop_training():
-            return self._fit(train_ds, val_ds, epochs, steps_per_epoch, eval_steps)
+            try:
+                return self._fit(train_ds, val_ds, epochs, steps_per_epoch, eval_steps)
+            finally:
+                if self.profiler is not None:
+                    self.profiler.stop()  # training ended (or failed) inside the range
 
     def _fit(self, train_ds, val_ds, epochs, steps_per_epoch, eval_steps):
         state = self.state
@@ -278,8 +289,9 @@ class Trainer:
             totals = {k: tuple(v) for k, v in partial.totals.items()}
             stop = False
             for step in range(partial.steps, steps_per_epoch):
-                stats = self._train_step(next(iterator), self._stop_vote())
-                stop = float(stats.pop(_STOP_VOTE)[0]) > 0  # the same on every worker
+                with self._profiled(state.step + 1):
+                    stats = self._train_step(next(iterator), self._stop_vote())
+                    stop = float(stats.pop(_STOP_VOTE)[0]) > 0  # the same on every worker
                 state.step += 1
                 # False after a recovery: a NaN in the sums would poison the epoch's means.
                 if self._finite(stats, f"in epoch {epoch + 1}, step {step + 1}"):
@@ -315,6 +327,13 @@ class Trainer:
         for hook in self.hooks:
             hook.on_train_end(self, final)
         return state.history
+
+    def _profiled(self, step: int):
+        """The context of training step `step` (1-based): inside `trainer.profile_steps`, a
+        profiler trace event; otherwise nothing."""
+        if self.profiler is None:
+            return contextlib.nullcontext()
+        return self.profiler.step(step)
 
     def _distribute(self, dataset: tf.data.Dataset):
         """Splits the global batches across replicas and workers. A dataset in memory has no
@@ -458,6 +477,47 @@ class Trainer:
         for batch in self._distribute(dataset):
             _accumulate(totals, self._eval_step(batch))
         return _means(totals)
+
+
+class StepProfiler:
+    """`trainer.profile_steps=[a, b]`: the TensorFlow profiler (`tf.profiler.experimental`, what
+    Keras's TensorBoard callback uses for `profile_batch`) runs from the start of training step
+    a to the end of step b, each step a `Trace("train", step_num=...)` event, so that
+    TensorBoard's Profile tab shows them as steps. The profile lands in `directory`.
+
+    Args:
+        steps: `(a, b)`, 1 <= a <= b, the 1-based training steps to profile.
+        directory: the log directory (`<run dir>/profile`).
+    """
+
+    def __init__(self, steps, directory):
+        first, last = (int(s) for s in steps)
+        if not 1 <= first <= last or directory is None:
+            raise ValueError(f"profile_steps must be (a, b) with 1 <= a <= b and a profile_dir; "
+                             f"received profile_steps={tuple(steps)}, profile_dir={directory}")
+        self.first, self.last, self.directory = first, last, str(directory)
+        self.running = False
+
+    @contextlib.contextmanager
+    def step(self, step: int):
+        if step == self.first:
+            tf.profiler.experimental.start(self.directory)
+            self.running = True
+            log.info("profiling training steps %d-%d into %s", self.first, self.last,
+                     self.directory)
+        if not self.running:
+            yield
+            return
+        with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+            yield
+        if step >= self.last:
+            self.stop()
+
+    def stop(self) -> None:
+        """Writes the profile (if one is running)."""
+        if self.running:
+            tf.profiler.experimental.stop()
+            self.running = False
 
 
 def _sum_and_count(per_example: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines.checkpoints import CheckpointHook
-from pipelines.trainer import EarlyStopping, PartialEpoch, Trainer, TrainerState
+from pipelines.trainer import EarlyStopping, PartialEpoch, StepProfiler, Trainer, TrainerState
 
 
 def _loss(y, y_pred):
@@ -181,3 +181,49 @@ def test_make_optimizer_scales_its_schedule_through_lr_scale():
     with pytest.raises(ValueError, match="max_nan_recoveries needs a learning rate it can halve"):
         Trainer(_model(), make_optimizer(tcfg, total_steps=10), _loss, _stats,
                 tf.distribute.get_strategy(), 32, max_nan_recoveries=1)
+
+
+# ----------------------------------------------------------------------------- profile_steps
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.config import register_schemas
+    from tests.conftest import REPO
+
+    register_schemas()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["task=sentiment", "model=lstm", "debug=smoke",
+                                            "logger=none", *overrides])
+
+
+def test_profile_steps_leave_a_tensorboard_profile_in_the_run_directory(tmp_path):
+    from pipelines.run import execute
+
+    cfg = _compose("export.enabled=false", "trainer.steps_per_epoch=3",
+                   "trainer.profile_steps=[2,3]")
+    execute(cfg, tmp_path)
+    profiles = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(profiles) == 1 and profiles[0].stat().st_size > 0, profiles
+
+
+def test_the_profiler_stops_when_training_ends_inside_the_range(tmp_path):
+    trainer = _trainer(tf.distribute.get_strategy())
+    trainer.profiler = StepProfiler((3, 10), tmp_path)
+    train, _ = _datasets()
+    trainer.fit(train, None, epochs=1, steps_per_epoch=4)  # steps 3-4 of 3-10
+    assert not trainer.profiler.running
+    assert list(tmp_path.rglob("*.xplane.pb"))
+
+
+@pytest.mark.parametrize("steps,message", [
+    ("[3,2]", "two ints with 1 <= a <= b"),
+    ("[0,1]", "two ints with 1 <= a <= b"),
+    ("[1,2,3]", "two ints with 1 <= a <= b"),
+    ("[2,5]", r"ends after the first epoch \(3 steps, trainer.steps_per_epoch\); pick b <= 3"),
+])
+def test_profile_steps_are_checked_before_tensorflow_runs(steps, message):
+    from pipelines.config import ConfigError, check
+
+    with pytest.raises(ConfigError, match=message):
+        check(_compose("trainer.steps_per_epoch=3", f"trainer.profile_steps={steps}"))
+    check(_compose("trainer.steps_per_epoch=3", "trainer.profile_steps=[1,3]"))  # fine
