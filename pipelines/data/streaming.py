@@ -61,22 +61,22 @@ def choose_streaming(format: str, size: int, threshold_mb: float, where: str,
                      can_stream: bool = True) -> bool:
     """`data.streaming=auto`: stream the training split of `size` bytes (`where` names it)
     when it is at least `data.streaming_threshold_mb` and its format streams; logged."""
-    megabytes = size / 1e6
-    if megabytes < threshold_mb:
-        log.info("data.streaming=auto: %s is %.1f MB, under data.streaming_threshold_mb=%g: "
+    megabytes = f"{size / 1e6:.1f}" if size >= 1e5 else f"{size / 1e6:.4f}"
+    if size / 1e6 < threshold_mb:
+        log.info("data.streaming=auto: %s is %s MB, under data.streaming_threshold_mb=%g: "
                  "read whole", where, megabytes, threshold_mb)
         return False
     if format not in STREAMING_FORMATS:
-        log.warning("data.streaming=auto: %s is %.1f MB, but the format %s is read whole "
+        log.warning("data.streaming=auto: %s is %s MB, but the format %s is read whole "
                     "(streamed formats: %s)", where, megabytes, format,
                     ", ".join(STREAMING_FORMATS))
         return False
     if not can_stream:
-        log.warning("data.streaming=auto: %s is %.1f MB, but without data.validation the "
+        log.warning("data.streaming=auto: %s is %s MB, but without data.validation the "
                     "validation split is held out of it, so it is read whole; give "
                     "data.validation=PATH to stream it", where, megabytes)
         return False
-    log.info("data.streaming=auto: %s is %.1f MB >= data.streaming_threshold_mb=%g: streamed "
+    log.info("data.streaming=auto: %s is %s MB >= data.streaming_threshold_mb=%g: streamed "
              "from its files (data.streaming=true)", where, megabytes, threshold_mb)
     return True
 

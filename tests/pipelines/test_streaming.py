@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from pipelines.config import ConfigError, check
 from pipelines.data import open_source
-from pipelines.data.streaming import StreamingSplit, example_dataset
+from pipelines.data.streaming import StreamingSplit, choose_streaming, example_dataset
 from pipelines.prepare import compose_config, prepare
 from pipelines.run import execute
 from pipelines.tasks import build_task
@@ -234,6 +234,11 @@ def test_auto_streams_a_training_file_over_the_threshold_and_says_so(tmp_path, c
     assert "MB >= data.streaming_threshold_mb=0.001: streamed" in caplog.text
     assert "under data.streaming_threshold_mb=256: read whole" in caplog.text
     check(_files("sentiment", train, streaming="auto"))
+    with caplog.at_level(logging.WARNING, logger="pipelines.data.streaming"):
+        assert not choose_streaming("image_masks", 300_000_000, 256, "data.train=big")
+        assert not choose_streaming("conll", 300_000_000, 256, "data.train=big", False)
+    assert "data.train=big is 300.0 MB, but the format image_masks is read whole" in caplog.text
+    assert "without data.validation" in caplog.text
 
 
 @pytest.mark.parametrize("override, message", [
@@ -316,3 +321,22 @@ def test_a_streamed_image_classification_run_trains_and_exports(tmp_path):
     result = execute(cfg, tmp_path / "run")
     assert set(result.metrics) == {"accuracy"}
     assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_two_workers_read_their_own_files_through_the_scan_and_image_readers(tmp_path):
+    # tf.data's own auto-shard rewrite, as MultiWorkerMirroredStrategy applies it per worker.
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+
+    (tmp_path / "a.txt").write_text("one\ntwo\n\nthree\n")
+    (tmp_path / "b.txt").write_text("four\n\nfive\n")
+    text = open_source(_files("language_modeling", f"'{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}'"
+                              ).data).read("text_lines").train
+    images = open_source(_files("image_classification", _image_folder(tmp_path / "images", 1))
+                         .data).read("labelled_images").train
+    for split, expected in ((text, [["one", "two", "three"], ["four", "five"]]),
+                            (images, [["cat", "owl"], ["dog"]])):
+        dataset = example_dataset(split, training=False, seed=0)
+        for worker in (0, 1):
+            got = [row[0 if split is text else 1].decode() for row in
+                   _AutoShardDataset(dataset, 2, worker).as_numpy_iterator()]
+            assert got == expected[worker]
