@@ -10,7 +10,9 @@ TensorFlow speaks through three channels; each is quietened where it starts:
   drivers". `quiet_tensorflow()` holds fd 2 while TensorFlow is imported and drops those
   lines when they are below the level; any other output is written back.
 - TensorFlow's Python code logs INFO through the `absl` and `tensorflow` loggers ("Sharding
-  callback duration" at every checkpoint save, "Assets written to"); these go to WARNING.
+  callback duration" at every checkpoint save, "Assets written to"); these go to WARNING,
+  and the trainer's retracing warning, which length bucketing triggers by design (one trace
+  per bucket shape), is dropped.
 
 Our own loggers and the Keras progress bar are untouched (`trainer.verbose` turns the bar
 off). `PIPELINES_TF_LOGS=1` leaves all three channels as TensorFlow sets them, and a
@@ -98,3 +100,12 @@ def quiet_tensorflow() -> Iterator[None]:
         yield
     for name in ("absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").addFilter(drop_bucket_retracing)
+
+
+def drop_bucket_retracing(record: logging.LogRecord) -> bool:
+    """False for TensorFlow's "N out of the last M calls to <function ...step> triggered
+    tf.function retracing" warning: length bucketing traces the train and evaluation steps
+    once per bucket shape by design (static shapes), which is what the warning counts."""
+    message = record.getMessage()
+    return not ("triggered tf.function retracing" in message and "Trainer." in message)

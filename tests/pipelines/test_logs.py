@@ -3,6 +3,7 @@
 Each case runs in a fresh interpreter without TensorFlow (the filter only acts on the first
 import), writing absl-style lines straight to file descriptor 2, as the C++ libraries do.
 """
+import logging
 import os
 import re
 import subprocess
@@ -55,3 +56,16 @@ def test_only_absl_shaped_lines_are_chatter():
     assert not is_chatter(b"E1202 06:45:49.017077   20858 cuda_platform.cc:52] failed call", 2)
     assert not is_chatter(b"Error: data.train=x.txt: no such file", 3)
     assert not is_chatter(b"I1 are not a log line", 3)
+
+
+def test_the_trainers_bucket_retracing_warning_is_dropped_others_kept():
+    from pipelines.logs import drop_bucket_retracing
+
+    def record(message):
+        return logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, message, None, None)
+
+    bucketed = ("5 out of the last 24 calls to <function Trainer._distributed.<locals>.step at "
+                "0x7f> triggered tf.function retracing. Tracing is expensive ...")
+    assert not drop_bucket_retracing(record(bucketed))
+    assert drop_bucket_retracing(record(bucketed.replace("Trainer.", "my_function.")))
+    assert drop_bucket_retracing(record("Assets written to: run/saved_model/assets"))
