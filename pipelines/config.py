@@ -455,7 +455,7 @@ HEAD_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 @dataclass
 class MultitaskTask(TaskConfig):
-    image_size: int = 64  # images (and masks) resized to this square, training and serving
+    image_size: int = 32  # images (and masks) resized to this square, training and serving
     # name -> head; ~task.heads.NAME drops one. A new head goes in a yaml (an experiment file):
     # OmegaConf cannot add a typed Head from the command line.
     heads: dict[str, Head] = field(default_factory=dict)

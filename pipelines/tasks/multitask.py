@@ -517,8 +517,12 @@ class Multitask(Task):
 
     # ------------------------------------------------------------------ results
     def predict(self, model, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-        """uint8 (N, S, S, 3) -> every head's outputs (as served), each image encoded once."""
-        serve = tf.function(self.serve_pixels(model), reduce_retracing=True, autograph=False)
+        """uint8 (N, S, S, 3) -> every head's outputs (as served), each image encoded once;
+        one traced function per model (per-epoch validation and the final evaluation share it)."""
+        if getattr(self, "_predict", (None,))[0] is not model:
+            self._predict = (model, tf.function(self.serve_pixels(model), reduce_retracing=True,
+                                                autograph=False))
+        serve = self._predict[1]
         parts = [{k: v.numpy() for k, v in serve(tf.cast(images[start:start + batch_size],
                                                          tf.float32)).items()}
                  for start in range(0, max(len(images), 1), batch_size)]

@@ -101,7 +101,7 @@ def test_the_experiment_header_commands_compose_the_run_and_its_single_head_cont
             cfg = compose("config", overrides=command[3:])
         check(cfg)
         heads.append(list(cfg.task.heads))
-        assert (cfg.trainer.epochs, cfg.trainer.steps_per_epoch) == (8, 125)  # one budget
+        assert (cfg.trainer.epochs, cfg.trainer.steps_per_epoch) == (8, 100)  # one budget
     assert heads == [["shape", "mask", "caption"], ["shape"], ["mask"], ["caption"]]
 
 
