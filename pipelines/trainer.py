@@ -339,7 +339,7 @@ class Trainer:
         """Splits the global batches across replicas and workers. A dataset in memory has no
         files to shard, so workers split by example (DATA); AUTO would reach the same policy
         only after failing on files, with a warning per run. A dataset that chose its policy
-        keeps it (a streaming split: FILE when every worker gets a file,
+        keeps it (a streaming training split shards itself and turns the rewrite OFF,
         `pipelines.data.streaming`)."""
         policy = tf.data.experimental.AutoShardPolicy
         if dataset.options().experimental_distribute.auto_shard_policy == policy.AUTO:

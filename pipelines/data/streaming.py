@@ -14,9 +14,11 @@ pipeline: its file groups (a shard, or the PREFIX.xx files of one corpus) shuffl
 by `reader` and interleaved, examples shuffled in a bounded buffer (`data.shuffle_buffer`),
 repeated. A task whose examples span rows (language modeling's windows of a token stream)
 builds them per file group (`per_group`), before the interleave. Under `multi_worker` the
-workers shard by file when there are at least as many files as workers
-(`AutoShardPolicy.FILE`), else by example (`DATA`); a reader that tf.data cannot shard by
-file (a Python one: `python_reader`) always shards by example.
+training split shards itself, before the task's steps: each worker reads its own file
+groups when there are at least as many as workers (and no `data.limit`), else every file
+and its share of the examples; tf.data's auto-shard rewrite is turned off for it (its FILE
+policy cannot walk through length bucketing's `group_by_window`). A Python reader
+(`python_reader`) always shards by example. Evaluation splits keep the DATA rewrite.
 
 The readers here turn files into the examples the whole-file readers of `files` and `conll`
 give, line for line (the source's checking pass has refused what they would read
@@ -109,7 +111,7 @@ class StreamingSplit(tuple):
         python_rows: `python_rows()` -> the (input, target) rows in file order without
             tf.data (the files' own checking reader: much faster per row); None: iteration
             runs the tf.data pipeline.
-        shardable: whether tf.data can shard `reader` by file (its files are read by
+        shardable: whether `reader` can be sharded by file (its files are read by
             TextLineDataset or TFRecordDataset); False (a Python reader): by example.
         where: the files, as an error message names them (`data.train=PATH`).
         row: `row(i, column)` -> that value of example i without a pass over the files,
@@ -153,14 +155,17 @@ class StreamingSplit(tuple):
                               limit, self.python_rows, self.shardable, self.where, self.row)
 
     def examples(self, training: bool = False, seed: int | None = None,
-                 per_group: Callable | None = None):
+                 per_group: Callable | None = None, shard: tuple[int, int] | None = None):
         """tf.data of (input, target). In order by default: one file group after another,
         the order rows are counted, sampled and limited in. For training (without a limit)
         the groups are shuffled and up to four read at a time. `per_group(examples)` -> the
-        dataset a task builds of one group's examples (of all of them with a limit)."""
+        dataset a task builds of one group's examples (of all of them with a limit).
+        `shard=(workers, index)`: only every workers-th file group, from the index-th."""
         import tensorflow as tf
 
         files = tf.data.Dataset.from_tensor_slices(tuple(list(c) for c in zip(*self.files)))
+        if shard is not None:
+            files = files.shard(*shard)
         if not training or self.limit is not None:
             if per_group is not None and self.limit is None:
                 return files.flat_map(lambda *group: per_group(self.reader(*group)))
@@ -173,17 +178,35 @@ class StreamingSplit(tuple):
         return files.interleave(read, cycle_length=min(4, len(self.files)),
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def dataset(self, training: bool, seed: int, per_group: Callable | None = None):
-        """The training (or one-pass) pipeline; see the module docstring."""
+    def dataset(self, training: bool, seed: int, per_group: Callable | None = None,
+                shard: tuple[int, int] | None = None):
+        """The training (or one-pass) pipeline; see the module docstring. `shard=(workers,
+        index)`: this worker's share; by default TF_CONFIG's for training, none otherwise."""
         import tensorflow as tf
 
-        ds = self.examples(training, seed, per_group)
+        # Training under multi_worker shards here, before the task's own steps (bucketing's
+        # group_by_window stops tf.data's FILE rewrite from finding the files): each worker
+        # reads its own file groups when every worker gets one, else every file and its
+        # share of the examples. Evaluation keeps tf.data's DATA rewrite.
+        policy = tf.data.experimental.AutoShardPolicy
+        if shard is None and training and worker_count() > 1:
+            shard = (worker_count(), worker_index())
+        by_file = (shard is not None and self.shardable and len(self.files) >= shard[0]
+                   and self.limit is None)
+        ds = self.examples(training, seed, per_group, shard if by_file else None)
+        if shard is not None:
+            if not by_file:
+                ds = ds.shard(*shard)
+            log.info("streaming %d file(s) %s across %d workers", len(self.files),
+                     "sharded by file" if by_file else
+                     "sharded by example (fewer shardable files than workers, or data.limit)",
+                     shard[0])
         if training:
             ds = ds.shuffle(min(self.shuffle_buffer, max(self.count, 1)), seed=seed,
                             reshuffle_each_iteration=True).repeat()
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = shard_policy(
-            len(self.files) if self.shardable else 0)
+        options.experimental_distribute.auto_shard_policy = (
+            policy.OFF if shard is not None else policy.DATA)
         return ds.with_options(options)
 
     def rows(self) -> Iterator[tuple]:
@@ -290,14 +313,17 @@ def worker_count() -> int:
     return max(1, sum(len(jobs.get(job, [])) for job in ("chief", "worker")))
 
 
-def shard_policy(files: int, workers: int | None = None):
-    """FILE when every worker gets a file, else DATA (each worker reads every file and keeps
-    its share of the examples); `files=0`: a reader tf.data cannot shard by file."""
+def worker_index() -> int:
+    """This process's place among the workers of TF_CONFIG (the chief first); 0 without one."""
     import tensorflow as tf
 
-    workers = worker_count() if workers is None else workers
-    policy = tf.data.experimental.AutoShardPolicy
-    return policy.FILE if files and files >= workers else policy.DATA
+    try:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        jobs = resolver.cluster_spec().as_dict()
+        kind, index = resolver.task_type, int(resolver.task_id or 0)
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return index if kind != "worker" else index + len(jobs.get("chief", []))
 
 
 def example_dataset(pair, training: bool, seed: int, per_group: Callable | None = None):

@@ -20,13 +20,23 @@ def _free_ports(n):
     return ports
 
 
-def test_multi_worker_two_processes_train_and_only_the_chief_exports(tmp_path):
-    workers = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+def test_multi_worker_two_processes_train_from_tfrecord_shards_by_file_and_only_the_chief_exports(
+        tmp_path):
+    # The path for large corpora: shards written once by pipelines.prepare, streamed, each
+    # worker reading its own files (tf.data's FILE auto-shard policy: 4 shards, 2 workers).
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CONFIG", None)
+    shards = tmp_path / "shards"
+    prepared = subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare", "task=sentiment", "data=synthetic",
+         f"data.out={shards}", "data.shards=4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    workers = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "pipelines", "task=sentiment", "model=lstm", "debug=smoke",
+             "data=tfrecord", f"data.path={shards}", "data.streaming=true", "data.limit=null",
              "logger=none", "distribute=multi_worker", f"distribute.workers=[{workers}]",
              f"distribute.task_index={index}", f"hydra.run.dir={tmp_path / f'worker{index}'}"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -40,6 +50,8 @@ def test_multi_worker_two_processes_train_and_only_the_chief_exports(tmp_path):
     assert (chief / "saved_model" / "saved_model.pb").exists()
     assert not (worker / "saved_model").exists() and not (worker / "metrics.json").exists()
     assert "replicas=2 global batch=16 (per replica 8)" in outputs[0]
+    for output in outputs:
+        assert "streaming 4 file(s) sharded by file across 2 workers" in output, output[-3000:]
     # One model trained in lockstep: the workers evaluate the same weights.
     last = [line for line in outputs[1].splitlines() if line.startswith("{")][-1]
     assert json.loads(last) == json.loads((chief / "metrics.json").read_text())

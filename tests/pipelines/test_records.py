@@ -14,8 +14,7 @@ import tensorflow as tf
 from pipelines.data import open_source
 from pipelines.data.files import DataFileError, read_parallel, read_parallel_tsv
 from pipelines.data.records import MANIFEST, TfrecordSource
-from pipelines.data.streaming import (StreamingSplit, example_dataset, sample_rows,
-                                      shard_policy)
+from pipelines.data.streaming import StreamingSplit, example_dataset, sample_rows
 from pipelines.prepare import compose_config, main, prepare
 from pipelines.run import execute
 
@@ -185,10 +184,8 @@ def test_streaming_training_shuffles_within_a_bounded_buffer_over_shuffled_shard
     epoch = [s.decode() for s, _ in example_dataset(train, True, seed=1).take(40).as_numpy_iterator()]
     assert sorted(epoch) == sorted(train[0]) and epoch != list(train[0])
     policy = tf.data.experimental.AutoShardPolicy
-    assert shard_policy(4, workers=2) == shard_policy(4, workers=4) == policy.FILE
-    assert shard_policy(4, workers=5) == policy.DATA
     options = example_dataset(train, True, seed=1).options()
-    assert options.experimental_distribute.auto_shard_policy == policy.FILE  # one worker
+    assert options.experimental_distribute.auto_shard_policy == policy.DATA  # one worker
 
 
 def test_streaming_refuses_what_it_cannot_stream(tmp_path):
@@ -236,9 +233,8 @@ def test_a_streamed_corpus_smaller_than_one_batch_is_refused_before_training(tmp
 
 
 def test_two_workers_read_half_each_by_file_or_by_example(tmp_path):
-    # tf.data's own auto-shard rewrite, as MultiWorkerMirroredStrategy applies it per worker.
-    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
-
+    # The split shards itself (tf.data's FILE rewrite cannot walk through bucketing's
+    # group_by_window); tests/e2e/test_distribute.py runs two real workers.
     _, out, _ = _prepare(tmp_path, "translation", *SMALL, shards=4)  # shards of 10
     by_file = _tfrecord("translation", out, "data.streaming=true").read("parallel_text").train
     prefix = _write_corpus(tmp_path, "train", _synthetic_pairs(10))
@@ -249,18 +245,18 @@ def test_two_workers_read_half_each_by_file_or_by_example(tmp_path):
                                        list(range(10, 20)) + list(range(30, 40))]),
                             (by_example, [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]])):
         rows = list(train[0])
-        dataset = example_dataset(train, training=False, seed=0)
-        policy = shard_policy(len(train.files), workers=2)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = policy
         for worker in (0, 1):
-            sharded = _AutoShardDataset(dataset.with_options(options), 2, worker)
+            sharded = train.dataset(training=False, seed=0, shard=(2, worker))
+            assert sharded.options().experimental_distribute.auto_shard_policy == \
+                tf.data.experimental.AutoShardPolicy.OFF  # not sharded twice
             got = [rows.index(s.decode()) for s, _ in sharded.as_numpy_iterator()]
-            assert got == expected[worker], (policy, worker)
+            assert got == expected[worker], worker
 
 
-def test_the_trainer_keeps_a_streaming_splits_shard_policy(tmp_path):
+def test_the_trainer_keeps_a_streaming_splits_shard_policy(tmp_path, monkeypatch):
     from types import SimpleNamespace
+
+    from pipelines.data import streaming
 
     from pipelines.tasks import build_task
     from pipelines.trainer import Trainer
@@ -273,7 +269,9 @@ def test_the_trainer_keeps_a_streaming_splits_shard_policy(tmp_path):
     seen = []
     strategy = SimpleNamespace(experimental_distribute_dataset=seen.append)
     policy = tf.data.experimental.AutoShardPolicy
-    for pair, expected in ((splits.train, policy.FILE), (splits.validation, policy.DATA)):
+    monkeypatch.setattr(streaming, "worker_count", lambda: 2)  # worker 0 of 2
+    monkeypatch.setattr(streaming, "worker_index", lambda: 0)
+    for pair, expected in ((splits.train, policy.OFF), (splits.validation, policy.DATA)):
         Trainer._distribute(SimpleNamespace(strategy=strategy),
                             task.dataset(pair, training=True, batch_size=4))
         assert seen[-1].options().experimental_distribute.auto_shard_policy == expected

@@ -129,9 +129,13 @@ def test_a_python_reader_shards_by_example_the_others_by_file(tmp_path):
     csv = open_source(_files("sentiment", str(tmp_path / "s.csv")).data).read("labelled_text")
     text = open_source(_files("sentiment", _labelled(tmp_path / "s.txt", 4)).data).read(
         "labelled_text")
-    for split, expected in ((csv.train, policy.DATA), (text.train, policy.FILE)):
-        options = example_dataset(split, True, 0).options()
-        assert options.experimental_distribute.auto_shard_policy == expected
+    assert not csv.train.shardable and text.train.shardable
+    for split in (csv.train, text.train):  # one file, two workers: by example
+        rows = [list(split.dataset(False, 0, shard=(2, worker)).as_numpy_iterator())
+                for worker in (0, 1)]
+        assert len(rows[0]) + len(rows[1]) == split.count and rows[0] != rows[1]
+    assert policy.OFF == split.dataset(False, 0, shard=(2, 0)).options() \
+        .experimental_distribute.auto_shard_policy
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -292,8 +296,7 @@ def test_a_streamed_image_folder_trains_on_the_images_of_a_whole_read(tmp_path):
     assert _epoch(streamed.dataset(splits.train, True, 1), 15) == _epoch(
         whole.dataset(whole_splits.train, True, 1), 15)
     policy = tf.data.experimental.AutoShardPolicy
-    assert example_dataset(splits.train, True, 0).options().experimental_distribute \
-        .auto_shard_policy == policy.FILE  # a file per image: each worker reads its own
+    assert splits.train.shardable  # a file per image: each worker reads its own
 
 
 def test_a_streamed_image_folder_limits_like_a_whole_read_and_names_what_tf_cannot_decode(
@@ -324,9 +327,6 @@ def test_a_streamed_image_classification_run_trains_and_exports(tmp_path):
 
 
 def test_two_workers_read_their_own_files_through_the_scan_and_image_readers(tmp_path):
-    # tf.data's own auto-shard rewrite, as MultiWorkerMirroredStrategy applies it per worker.
-    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
-
     (tmp_path / "a.txt").write_text("one\ntwo\n\nthree\n")
     (tmp_path / "b.txt").write_text("four\n\nfive\n")
     text = open_source(_files("language_modeling", f"'{tmp_path / 'a.txt'},{tmp_path / 'b.txt'}'"
@@ -335,8 +335,7 @@ def test_two_workers_read_their_own_files_through_the_scan_and_image_readers(tmp
                          .data).read("labelled_images").train
     for split, expected in ((text, [["one", "two", "three"], ["four", "five"]]),
                             (images, [["cat", "owl"], ["dog"]])):
-        dataset = example_dataset(split, training=False, seed=0)
         for worker in (0, 1):
             got = [row[0 if split is text else 1].decode() for row in
-                   _AutoShardDataset(dataset, 2, worker).as_numpy_iterator()]
+                   split.dataset(False, 0, shard=(2, worker)).as_numpy_iterator()]
             assert got == expected[worker]
