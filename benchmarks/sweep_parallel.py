@@ -1,6 +1,7 @@
 """Wall time of an 8-trial sentiment smoke sweep, joblib with n_jobs=2 vs sequential (goal: >= 1.6x).
 
-Both run the same command a user types, once each, in its own fresh sweep directory (own
+Both run the same command a user types, `--rounds` times each in ABBA order (so that a drift
+in the machine's speed hits both alike), each in its own fresh sweep directory (own
 Optuna study and SQLite MLflow store, so the same seed draws the same 8 trials):
 
     python -m pipelines hparams_search=optuna task=sentiment model=lstm debug=smoke
@@ -14,7 +15,7 @@ much of a trial the per-process start costs. Run it on an otherwise idle machine
 
     flock /tmp/pipelines-train.lock python -m benchmarks sweep_parallel [--trials 8 --jobs 2]
 
-Prints both wall times and `RATIO sequential / parallel (n_jobs=2) = X.XX`.
+Prints the wall times and `RATIO sequential / parallel (n_jobs=2) = X.XX` (summed over rounds).
 """
 import argparse
 import pathlib
@@ -52,18 +53,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="sequential/parallel pairs, run in ABBA order")
     args = parser.parse_args()
     importing = timed([sys.executable, "-c", "import tensorflow, keras"],
                       "TensorFlow + Keras import")
+    walls = {1: [], args.jobs: []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        sequential = timed(sweep_command(tmp / "sequential", args.trials, 1),
-                           f"{args.trials} trials, sequential")
-        parallel = timed(sweep_command(tmp / "parallel", args.trials, args.jobs),
-                         f"{args.trials} trials, joblib n_jobs={args.jobs}")
-    per_trial = sequential / args.trials
+        for round_ in range(args.rounds):
+            order = (1, args.jobs) if round_ % 2 == 0 else (args.jobs, 1)  # ABBA: drift hits both
+            for jobs in order:
+                what = "sequential" if jobs == 1 else f"joblib n_jobs={jobs}"
+                walls[jobs].append(timed(sweep_command(tmp / f"{round_}-{jobs}", args.trials, jobs),
+                                         f"{args.trials} trials, {what}"))
+    sequential, parallel = sum(walls[1]), sum(walls[args.jobs])
+    per_trial = sequential / args.rounds / args.trials
     print(f"sequential: {per_trial:.1f} s per trial; the parallel sweep pays the import "
-          f"({importing:.1f} s) once per worker, {args.jobs} workers", flush=True)
+          f"({importing:.1f} s) once per worker, {args.jobs} workers; per round: "
+          + ", ".join(f"{s:.1f}/{p:.1f}" for s, p in zip(walls[1], walls[args.jobs])), flush=True)
     print_ratio(f"sequential / parallel (n_jobs={args.jobs}, goal >= {GOAL})",
                 sequential / parallel)
 

@@ -132,6 +132,19 @@ class _Heartbeat:
         self.thread.join()
 
 
+def _stop_idle_workers(launcher) -> None:
+    """Stops joblib's worker processes once every trial has returned: each holds TensorFlow,
+    and letting them exit at interpreter exit costs about 3 s at the end of a sweep (measured:
+    3.3 s vs 0.4 s for two workers), a tenth of an 8-trial smoke sweep."""
+    if type(launcher).__name__ != "JoblibLauncher":
+        return
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor  # the one hydra-joblib-launcher's Parallel reused
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 def distribution_from_override(override: Override) -> Any:
     """An Optuna distribution for a sweep override, or the value string for a plain one."""
     from optuna.distributions import (CategoricalDistribution, FloatDistribution,
@@ -414,6 +427,7 @@ class OptunaSweeperImpl(Sweeper):
         else:
             self._run_slot(study, space, fixed, self.n_jobs)
         self._save_results(study)
+        _stop_idle_workers(self.launcher)
         return study
 
     def _run_slot(self, study, space: dict, fixed: dict, size: int) -> None:
