@@ -23,8 +23,8 @@ measured with `data.streaming=true` on the same generated data written to a temp
 of PNGs, `pipelines.data.idx.write_folders`), `tfrecord` as the shards of
 `python -m pipelines.prepare` (`--shards`), trained from with `data=tfrecord`. Before timing,
 each checks that the training split is a `StreamingSplit` of all the generated examples and
-that the training dataset reads files (a TextLineDataset, TFRecordDataset or
-FixedLengthRecordDataset in its graph).
+that the training dataset reads files (a TextLineDataset or TFRecordDataset in its graph,
+or ReadFile for an image folder's one image per file).
 
     python -m benchmarks input_pipeline [--tasks sentiment ner] [--seconds 3 --rounds 3]
     python -m benchmarks input_pipeline --streaming [files|tfrecord] [--shards 4]
@@ -59,7 +59,7 @@ STREAMED_MODELS = {"sentiment": "lstm", "translation": "transformer", "ner": "ls
                    "image_classification": "cnn", "language_modeling": "transformer",
                    "masked_lm": "transformer"}
 MODELS = {**TASK_MODELS, **STREAMED_MODELS}
-FILE_READERS = ("TextLineDataset", "TFRecordDataset", "FixedLengthRecordDataset")
+FILE_READERS = ("TextLineDataset", "TFRecordDataset", "ReadFile")
 # Overrides of the generated data alone (data=synthetic): not given to a streamed run.
 GENERATION_KEYS = ("data.num_train=", "data.num_validation=", "data.num_test=")
 

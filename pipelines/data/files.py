@@ -481,13 +481,16 @@ class FilesSource(Source):
             files = image_folder_files(root)
             if self.limit is not None and len(files) > self.limit:  # the whole read's draw
                 files = [files[i] for i in limit_indices(len(files), self.limit, self.seed)]
-            groups = [(path, label, check_streamed_image(path)) for path, label in files]
+            checked = [check_streamed_image(path) for path, _ in files]
+            groups = [(path, label, size) for (path, label), (size, _) in zip(files, checked)]
+            shapes = {shape for _, shape in checked}  # one: the task resizes whole batches
             return streaming.StreamingSplit(
                 groups, streaming.image_file, len(groups), self.shuffle_buffer,
+                shape=(*shapes.pop(), 3) if len(shapes) == 1 else None,
                 python_rows=lambda: ((path.read_bytes(), label) for path, label in files),
                 where=f"data.train={self.paths['train']}",
                 row=lambda number, column: (files[number][0].read_bytes() if column == 0
-                                            else files[number][1]))
+                                            else files[number][1]), per_file=True)
 
         if self.streaming:
             return self._streamed(stream, read_image_folder)

@@ -94,9 +94,10 @@ def image_folder_files(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
 TF_IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP")  # MPO: a camera's multi-picture JPEG
 
 
-def check_streamed_image(path: pathlib.Path) -> int:
+def check_streamed_image(path: pathlib.Path) -> tuple[int, tuple[int, int]]:
     """An image of a streamed folder (`data.streaming=true`), checked by its header (Pillow)
-    without decoding it: its size in bytes. DataFileError naming the file when it is empty,
+    without decoding it: its size in bytes and its (height, width). DataFileError naming
+    the file when it is empty,
     not an image, or of a format tf.data cannot decode (TIFF, WebP: read whole instead)."""
     from PIL import Image
 
@@ -105,7 +106,7 @@ def check_streamed_image(path: pathlib.Path) -> int:
     try:
         size = path.stat().st_size
         with Image.open(path) as image:
-            kind = image.format
+            kind, (width, height) = image.format, image.size
     except PIL_ERRORS + (Image.DecompressionBombError,) as error:
         raise DataFileError(f"{path}: cannot read it as an image ({error})") from None
     if not size or kind not in TF_IMAGE_FORMATS:
@@ -113,7 +114,7 @@ def check_streamed_image(path: pathlib.Path) -> int:
             f"{path}: a {kind or 'empty'} file; data.streaming=true decodes images in tf.data, "
             f"which reads {', '.join(TF_IMAGE_FORMATS)}: convert it, or set "
             "data.streaming=false (read whole, Pillow reads the rest)")
-    return size
+    return size, (height, width)
 
 
 # ----------------------------------------------------------------------------- for the tasks

@@ -117,12 +117,19 @@ class StreamingSplit(tuple):
         row: `row(i, column)` -> that value of example i without a pass over the files,
             for a split of one file per example (an image folder: a label, or one file's
             bytes); None: iterating and picking stream the files.
+        per_file: `reader(*group)` returns the group's one example (tensors), not a
+            dataset: the groups are then read by a parallel `map` (an image folder: one
+            image per file), not interleaved one single-example dataset at a time.
+        shape: the shape every input has when the source knows it is one (an image folder
+            of one image size: (H, W, 3)), so that a task may batch before resizing; None:
+            inputs may differ.
     """
 
     def __new__(cls, files: Sequence[tuple], reader: Callable, count: int,
                 shuffle_buffer: int = 10_000, limit: int | None = None,
                 python_rows: Callable | None = None, shardable: bool = True,
-                where: str | None = None, row: Callable | None = None):
+                where: str | None = None, row: Callable | None = None,
+                per_file: bool = False, shape: tuple | None = None):
         columns = (StreamingColumn(0), StreamingColumn(1))
         split = super().__new__(cls, columns)
         for column in columns:
@@ -130,7 +137,8 @@ class StreamingSplit(tuple):
         return split
 
     def __init__(self, files, reader, count, shuffle_buffer=10_000, limit=None,
-                 python_rows=None, shardable=True, where=None, row=None):
+                 python_rows=None, shardable=True, where=None, row=None, per_file=False,
+                 shape=None):
         if not files:
             raise ValueError("a streaming split needs at least one file")
         if shuffle_buffer < 1:
@@ -141,6 +149,7 @@ class StreamingSplit(tuple):
         self.limit = limit
         self.count = int(count) if limit is None else min(int(count), int(limit))
         self.python_rows, self.shardable, self.row = python_rows, shardable, row
+        self.per_file, self.shape = per_file, shape
         self.where = where or ", ".join(str(value) for value in self.files[0]
                                         if not isinstance(value, int))
 
@@ -152,7 +161,8 @@ class StreamingSplit(tuple):
         if limit is None or limit >= self.count:
             return self
         return StreamingSplit(self.files, self.reader, self.count, self.shuffle_buffer,
-                              limit, self.python_rows, self.shardable, self.where, self.row)
+                              limit, self.python_rows, self.shardable, self.where, self.row,
+                              self.per_file, self.shape)
 
     def examples(self, training: bool = False, seed: int | None = None,
                  per_group: Callable | None = None, shard: tuple[int, int] | None = None):
@@ -166,14 +176,24 @@ class StreamingSplit(tuple):
         files = tf.data.Dataset.from_tensor_slices(tuple(list(c) for c in zip(*self.files)))
         if shard is not None:
             files = files.shard(*shard)
+        reader = self.reader
+        if self.per_file:
+            if per_group is None:  # one example per group: a parallel map, in order
+                if training and self.limit is None:
+                    files = files.shuffle(len(self.files), seed=seed,
+                                          reshuffle_each_iteration=True)
+                ds = files.map(reader, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                return ds.take(self.limit) if self.limit is not None else ds
+            reader = lambda *group: tf.data.Dataset.from_tensors(self.reader(*group))  # noqa: E731
         if not training or self.limit is not None:
             if per_group is not None and self.limit is None:
-                return files.flat_map(lambda *group: per_group(self.reader(*group)))
-            ds = files.flat_map(self.reader)
+                return files.flat_map(lambda *group: per_group(reader(*group)))
+            ds = files.flat_map(reader)
             ds = ds.take(self.limit) if self.limit is not None else ds
             return per_group(ds) if per_group is not None else ds
-        read = self.reader if per_group is None else (
-            lambda *group: per_group(self.reader(*group)))
+        read = reader if per_group is None else (lambda *group: per_group(reader(*group)))
+        if len(self.files) == 1:  # nothing to shuffle or interleave: a parallel interleave
+            return files.flat_map(read)  # of one file costs more than the task reads
         files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
         return files.interleave(read, cycle_length=min(4, len(self.files)),
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -512,10 +532,13 @@ def python_reader(rows: Callable, kinds: tuple = ("string", "string")):
 
 
 def image_file(path, label, size):
-    """`reader` of one image of a folder: (its encoded bytes, its label). The file is one
-    fixed-length record of its `size` bytes, so tf.data reads it with a file reader that
-    it can shard by file (`AutoShardPolicy.FILE`); the task decodes it."""
+    """`reader` of one image of a folder (`per_file`): (its encoded bytes, its label). The
+    task decodes it; `size` (the bytes the file had when listed) checks that it was not
+    truncated since."""
     import tensorflow as tf
 
-    return tf.data.FixedLengthRecordDataset(path, record_bytes=tf.cast(size, tf.int64)).map(
-        lambda image: (image, label))
+    image = tf.io.read_file(path)
+    same = tf.equal(tf.strings.length(image), tf.cast(size, tf.int32))
+    with tf.control_dependencies([tf.debugging.Assert(
+            same, ["an image file changed size since it was listed:", path])]):
+        return tf.identity(image), label

@@ -121,10 +121,20 @@ class ImageClassification(Task):
     def dataset(self, pair, training, batch_size):
         size, options = self.image_size, self.task_cfg.augment
         streamed = isinstance(pair, StreamingSplit)
-        if streamed:  # encoded images from their files, decoded (and resized) here
+        # Encoded images from their files, decoded here: resized one by one, or by the batch
+        # when the folder's images all have one size (the same pixels, a few times faster).
+        resized = streamed and pair.shape is None
+        if streamed:
+            def read(image, label):
+                if resized:
+                    image = decode(image, size)  # (S, S, 3) float32
+                else:
+                    image = tf.ensure_shape(tf.io.decode_image(
+                        image, channels=3, expand_animations=False), pair.shape)
+                return image, label  # the label's id is looked up by the batch
+
             ds = example_dataset(pair, training, self.seed).map(
-                lambda image, label: (decode(image, size), name_ids(label, self.label_names)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+                read, num_parallel_calls=tf.data.AUTOTUNE)
         else:
             images, labels = pair
             ds = tf.data.Dataset.from_tensor_slices((self._stack(images), self._ids(labels)))
@@ -134,7 +144,9 @@ class ImageClassification(Task):
         ds = ds.batch(batch_size, drop_remainder=training)
 
         def prepare(x, y):
-            if not streamed:  # a streamed image is resized as it is decoded
+            if streamed:
+                y = name_ids(y, self.label_names)  # (B,)
+            if not resized:
                 x = resize(x, size)  # (B, S, S, 3) float32
             if training:
                 x = augment(x, flip=options.flip, crop=options.crop,

@@ -146,16 +146,16 @@ class Ner(Task):
         """Unbatched (words (max_length,) strings, "" = padding; tag ids + 1 (max_length,),
         0 = padding): a list padded here, a streamed split as tf.data reads it."""
         if isinstance(pair, StreamingSplit):
-            def pad(tokens, tags):
-                tokens, tags = tokens[: self.length], tags[: self.length]
-                padding = [[0, self.length - tf.shape(tokens)[0]]]
-                return (tf.ensure_shape(tf.pad(tokens, padding, constant_values=""),
-                                        [self.length]),
-                        tf.ensure_shape(tf.pad(name_ids(tags, self.tag_names) + 1, padding),
-                                        [self.length]))
+            def pad(tokens, tags):  # ragged (B, None) -> (B, max_length)
+                shape = [None, self.length]
+                tags = tf.ragged.map_flat_values(name_ids, tags[:, : self.length], self.tag_names)
+                return (tokens[:, : self.length].to_tensor("", shape=shape),
+                        (tags + 1).to_tensor(0, shape=shape))
 
-            return example_dataset(pair, training, self.seed).map(
-                pad, num_parallel_calls=tf.data.AUTOTUNE)
+            # Padded a few hundred sentences per op: per sentence, the ops cost more than
+            # the train step reads.
+            return example_dataset(pair, training, self.seed).ragged_batch(256).map(
+                pad, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         tokens, tags = pair
         words = self._pad(tokens, "")
         tag_ids = self._pad([[self.tag_index[t] + 1 for t in s] for s in tags], 0)
