@@ -71,6 +71,20 @@ def _feature(kind: str, value):
     return train.Feature(bytes_list=train.BytesList(value=values))
 
 
+def _image_shape(image) -> tuple[int, int, int]:
+    """(H, W, 3) of an image as the tasks decode it: encoded bytes (read from the header),
+    or a uint8 array."""
+    if isinstance(image, (bytes, np.bytes_)):
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(image)) as opened:
+            width, height = opened.size
+        return height, width, 3
+    return (*np.shape(image)[:2], 3)
+
+
 def encode_example(format: str, inputs, targets) -> bytes:
     """One raw example as a serialized `tf.train.Example`."""
     import tensorflow as tf
@@ -126,7 +140,7 @@ def write_prepared(splits: Splits, format: str, task: str, out: str | os.PathLik
         total = len(pair[0])
         files = max(1, min(shards, total))
         ends = [(index + 1) * total // files for index in range(files)]
-        rows, entries, images = iter(_rows(pair)), [], None
+        rows, entries, images, shapes = iter(_rows(pair)), [], None, set()
         for index, end in enumerate(ends):
             name = f"{split}-{index:05d}-of-{files:05d}.tfrecord"
             start = entries[-1]["end"] if entries else 0
@@ -135,12 +149,17 @@ def write_prepared(splits: Splits, format: str, task: str, out: str | os.PathLik
                     inputs, targets = next(rows)
                     if images is None and FEATURES[format][0][1] == "image":
                         images = "bytes" if isinstance(inputs, (bytes, np.bytes_)) else "array"
+                    if images is not None and len(shapes) < 2:
+                        shapes.add(_image_shape(inputs))
                     writer.write(encode_example(format, inputs, targets))
             entries.append({"file": name, "count": end - start, "end": end})
         for entry in entries:
             entry.pop("end")
             entry["sha256"] = _sha256(out / entry["file"])
-        manifest["splits"][split] = {"count": total, "images": images, "shards": entries}
+        # One image size in the split: a streamed read resizes whole batches.
+        manifest["splits"][split] = {"count": total, "images": images, "shards": entries,
+                                     "image_shape": list(shapes.pop()) if len(shapes) == 1
+                                     else None}
     temporary = out / (MANIFEST + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=2))
     temporary.replace(out / MANIFEST)
@@ -266,7 +285,8 @@ class TfrecordSource(Source):
                     sum(s["count"] for s in shards), self.shuffle_buffer,
                     python_rows=lambda files=files, images=entry.get("images"):
                         self._rows(format, files, images),
-                    where=f"data.path={self.path} (train: {len(files)} shards)")
+                    where=f"data.path={self.path} (train: {len(files)} shards)",
+                    shape=tuple(entry["image_shape"]) if entry.get("image_shape") else None)
             else:
                 loaded[split] = self._read_whole(format, shards, entry.get("images"))
         return limit_splits(Splits(**loaded), self.limit, self.seed)

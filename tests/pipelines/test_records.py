@@ -56,6 +56,9 @@ def test_prepare_then_tfrecord_gives_the_source_splits_back(tmp_path, task):
     assert [shard["count"] for shard in manifest["splits"]["train"]["shards"]] == [13, 13, 14]
     assert json.loads((out / MANIFEST).read_text()) == manifest
     assert len(manifest["config_hash"]) == 64 and manifest["command"].startswith("python -m")
+    shape = manifest["splits"]["train"]["image_shape"]  # synthetic images have one size
+    assert shape == ([*np.shape(original.train[0][0])[:2], 3] if task in (
+        "segmentation", "image_classification", "captioning") else None)
 
 
 def test_the_config_hash_follows_the_settings_that_decide_the_examples(tmp_path):

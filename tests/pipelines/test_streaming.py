@@ -283,13 +283,19 @@ def _image_folder(root: pathlib.Path, per_class: int = 5, size: int = 12) -> str
     return str(root)
 
 
-def test_a_streamed_image_folder_trains_on_the_images_of_a_whole_read(tmp_path):
+@pytest.mark.parametrize("mixed", [False, True], ids=["one size", "mixed sizes"])
+def test_a_streamed_image_folder_trains_on_the_images_of_a_whole_read(tmp_path, mixed):
+    from PIL import Image
+
     overrides = ["task.augment.flip=false", "task.image_size=8", "trainer.batch_size=4"]
     folder = _image_folder(tmp_path / "train")
+    if mixed:  # one image of another size: each image is resized alone, not by the batch
+        Image.new("RGB", (10, 7), (200, 30, 90)).save(tmp_path / "train" / "cat" / "0.png")
     whole, whole_splits = _adapted(_files("image_classification", folder, *overrides,
                                           streaming="false"))
     streamed, splits = _adapted(_files("image_classification", folder, *overrides))
     assert isinstance(splits.train, StreamingSplit) and len(splits.train.files) == 15
+    assert splits.train.shape == (None if mixed else (12, 12, 3))
     assert streamed.label_names == whole.label_names == ["cat", "dog", "owl"]
     np.testing.assert_allclose(streamed.mean, whole.mean)
     np.testing.assert_allclose(streamed.variance, whole.variance)
