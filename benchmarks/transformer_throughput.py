@@ -6,10 +6,15 @@ cross-entropy). Their steps are timed in alternating rounds so that a noisy,
 shared CPU slows both alike. Each model's throughput is its median round; the
 ratio is the median over rounds of the paired ratio (same round, same load).
 
-    python -m benchmarks transformer_throughput [--steps 10 --rounds 5 --jit]
+    python -m benchmarks transformer_throughput [--steps 10 --rounds 5 --jit] [--profile DIR]
 
-Prints examples/s and tokens/s for each model and `RATIO ours/keras_hub = X.XX`
-(above 1.0: ours trains faster).
+The default size is issue 18's: 2+2 layers, hidden 256, 8 heads, FFN 1024, T=32,
+batch 64, vocabulary 8,000. Prints examples/s and tokens/s for each model, the model
+FLOP utilisation (6 x (non-embedding parameters, output projection included) x tokens/s
+over the fp32 GFLOP/s of a 2048^3 matmul timed in each round), and
+`RATIO ours/keras_hub = X.XX` (above 1.0: ours trains faster). `--profile DIR` also
+traces 3 steps of each with tf.profiler (TensorBoard reads DIR/NAME) and prints where the
+op time goes: the matmuls by role, Adam, dropout, softmax, layer norm, ...
 """
 import argparse
 import os
@@ -99,6 +104,31 @@ def make_train_step(model, jit_compile):
     return train_step
 
 
+def embedding_parameters(model):
+    """Parameters of the token and position embedding tables (lookups, not matmuls)."""
+    embeddings = (TokenAndPositionEmbedding, keras_hub.layers.TokenAndPositionEmbedding)
+    return sum(
+        int(np.prod(v.shape))
+        for layer in model.layers if isinstance(layer, embeddings)
+        for v in layer.trainable_weights
+    )
+
+
+def matmul_gflops(size=2048, repeats=3):
+    """fp32 GFLOP/s of a timed (size, size) @ (size, size) matmul in this process:
+    the median of `repeats` calls of a compiled matmul (2 * size^3 FLOPs each)."""
+    a = tf.random.stateless_normal((size, size), seed=(1, 2))
+    b = tf.random.stateless_normal((size, size), seed=(3, 4))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)[:1, :1]))
+    float(matmul())  # trace and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(matmul())
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
 def time_steps(step, data, steps):
     """Returns (wall seconds, process CPU seconds) per step."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -108,25 +138,190 @@ def time_steps(step, data, steps):
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
+# Substrings of the matmul op types: TF's (_MklMatMul, Einsum, ...) and XLA's (HLO dot).
+MATMUL_TYPES = ("MatMul", "Einsum", "Conv", "dot", "onednn")
+
+# (category, test on the lower-cased op name and the op type), first match wins.
+CATEGORIES = (
+    ("Adam updates", lambda name, kind: "adam" in name or kind.startswith("ResourceApply")),
+    ("vocabulary softmax + cross-entropy",
+     lambda name, kind: "crossentropy" in name or "SoftmaxCrossEntropy" in kind),
+    ("output projection matmul (D x 8000)",
+     lambda name, kind: "/dense" in name and _is_matmul(kind)),
+    ("feed-forward matmuls", lambda name, kind: "feedforward" in name and _is_matmul(kind)),
+    ("attention matmuls (q, k, v, out, scores)",
+     lambda name, kind: "attention" in name and _is_matmul(kind)),
+    ("dropout RNG and masks", lambda name, kind: "dropout" in name),
+    ("attention softmax", lambda name, kind: "attention" in name and "Softmax" in kind),
+    ("layer norm", lambda name, kind: "_norm" in name or "normalization" in name),
+    ("attention masks", lambda name, kind: "attention" in name and kind in (
+        "SelectV2", "Select", "LogicalAnd", "LessEqual", "Less", "BroadcastTo", "Range",
+        "NotEqual", "Cast", "ExpandDims", "Tile")),
+    ("embeddings (lookup and its gradient)", lambda name, kind: "embedding" in name),
+    ("bias adds, relu, residual adds",
+     lambda name, kind: kind in ("BiasAdd", "BiasAddGrad", "Relu", "ReluGrad", "AddV2", "_MklAdd")),
+    ("transposes, reshapes, copies",
+     lambda name, kind: kind in ("Transpose", "Reshape", "ConcatV2", "Split", "Unpack", "Pack",
+                                 "StridedSlice", "StridedSliceGrad", "Identity", "_MklTranspose")),
+)
+
+
+def _is_matmul(kind):
+    return any(part in kind for part in MATMUL_TYPES)
+
+
+def op_times(logdir, hlo_dir=None):
+    """{(op name, op type): summed microseconds} of the ops in a tf.profiler trace.
+
+    Reads the host plane of the XSpace. In graph mode the TF ops are the events whose
+    display name is their type (the rest is executor and threadpool bookkeeping).
+    Under XLA the events are HLO instructions (with `--xla_cpu_enable_xprof_traceme`);
+    each is named after the TF op it came from through the `op_name` metadata of the
+    optimised HLO that `--xla_dump_to=hlo_dir` wrote for the traced function.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals, hlo_names = {}, {}
+    for path in pathlib.Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            if not plane.name.startswith("/host:CPU"):
+                continue
+            for line in plane.lines:
+                if line.name == "python" and hlo_dir:
+                    hlo_names.update(_hlo_op_names(plane, line, hlo_dir))
+            for line in plane.lines:
+                if line.name == "python":
+                    continue
+                end = -1  # of the last counted event: ops inside it (an XLA call) are in it
+                for event in sorted(line.events, key=lambda event: event.offset_ps):
+                    meta = plane.event_metadata[event.metadata_id]
+                    if event.offset_ps < end:
+                        continue
+                    if meta.display_name:  # a TF op: "name:type"
+                        key = (meta.name.rpartition(":")[0], meta.display_name)
+                    elif meta.name in hlo_names:  # an HLO instruction
+                        key = hlo_names[meta.name]
+                    else:  # executor and threadpool bookkeeping
+                        continue
+                    totals[key] = totals.get(key, 0.0) + event.duration_ps / 1e6
+                    end = event.offset_ps + event.duration_ps
+    return totals
+
+
+def _hlo_op_names(plane, line, hlo_dir):
+    """{HLO instruction: (TF op name, "HLO " + opcode)} of the traced train step."""
+    import re
+
+    functions = {
+        plane.event_metadata[event.metadata_id].name.split(": ")[-1]
+        for event in line.events
+        if plane.event_metadata[event.metadata_id].name.startswith("EagerLocalExecute: ")
+    }
+    instruction = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? (\w[\w-]*)\(")
+    op_name = re.compile(r'op_name="([^"]*)"')
+    calls = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
+    operand = re.compile(r"%([\w.\-]+)")
+    computation = re.compile(r"^%?([\w.\-]+) .*\{$")
+    names = {}
+    for path in pathlib.Path(hlo_dir).glob("*cpu_after_optimizations.txt"):
+        if not any(f"{function.lstrip('_')}__" in path.name for function in functions):
+            continue  # the dump names "__inference_f_12" "a_inference_f_12__..."
+        # An instruction without metadata (most fusions, and the ops of the computation
+        # an RNG `call` runs) is named by the first named op inside its fused
+        # computation, else by the instruction that calls its computation, else by its
+        # first named user.
+        first_in, caller, unnamed, users, where = {}, {}, [], {}, {}
+        current = None
+        for text in path.read_text().splitlines():
+            head = computation.match(text)
+            if head and not text.startswith(" "):
+                current = head.group(1)
+                continue
+            match = instruction.match(text)
+            if not match:
+                continue
+            name, named, called = match.group(1), op_name.search(text), calls.search(text)
+            where[name] = current
+            arguments = text.split("(", 1)[1] if "(" in text else ""
+            for used in operand.findall(arguments):
+                users.setdefault(used, []).append(named.group(1) if named else None)
+            if named:
+                names[name] = (named.group(1), "HLO " + match.group(2))
+                first_in.setdefault(current, named.group(1))
+                if called:
+                    caller[called.group(1)] = named.group(1)
+            else:
+                unnamed.append((name, match.group(2), called.group(1) if called else None))
+        for name, opcode, called in unnamed:
+            choice = first_in.get(called) or caller.get(where[name]) or next(
+                (user for user in users.get(name, []) if user), "unnamed")
+            names[name] = (choice, "HLO " + opcode)
+    return names
+
+
+def print_breakdown(totals, steps, label):
+    shares = {}
+    for (name, kind), micros in totals.items():
+        category = next(
+            (title for title, test in CATEGORIES if test(name.lower(), kind)), "other"
+        )
+        shares[category] = shares.get(category, 0.0) + micros
+    total = sum(shares.values())
+    print(f"profile {label}: {total / steps / 1e3:.1f} ms of op time per step (summed over threads)")
+    for category, micros in sorted(shares.items(), key=lambda item: -item[1]):
+        print(f"  {category:<42} {micros / steps / 1e3:7.1f} ms  {100 * micros / total:5.1f}%")
+    top = sorted(totals.items(), key=lambda item: -item[1])[:12]
+    print("  top ops:")
+    for (name, kind), micros in top:
+        print(f"    {micros / steps / 1e3:7.1f} ms  {kind:<24} {name[-90:]}")
+
+
+def profile_steps(step, data, logdir, label, steps=3):
+    """Traces `steps` train steps with tf.profiler into `logdir` and prints the op-time
+    breakdown by category (matmuls by role, softmax over the vocabulary, Adam, ...)."""
+    tf.profiler.experimental.start(logdir + "_warmup")  # the first trace pays set-up costs
+    time_steps(step, data, 1)
+    tf.profiler.experimental.stop()
+    tf.profiler.experimental.start(logdir)
+    time_steps(step, data, steps)
+    tf.profiler.experimental.stop()
+    hlo_dir = os.path.join(os.path.dirname(logdir), "hlo")
+    print_breakdown(op_times(logdir, hlo_dir if os.path.isdir(hlo_dir) else None), steps, label)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab", type=int, default=2000)
+    parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--ff", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--ff", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=2, help="encoder and decoder blocks each")
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--jit", action="store_true", help="jit_compile the train step (XLA)")
     parser.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: TF's choice)")
+    parser.add_argument("--matmul", type=int, default=2048, help="size of the timed fp32 matmul")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="also write a tf.profiler trace of 3 steps of each "
+        "model to DIR/NAME and print its op-time breakdown"
+    )
     args = parser.parse_args()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
+    if args.profile and args.jit:
+        # Read by XLA at its first compile: HLO-level trace events, and the optimised
+        # HLO text whose metadata names the TF op behind each instruction.
+        os.environ["XLA_FLAGS"] = " ".join([
+            os.environ.get("XLA_FLAGS", ""), "--xla_cpu_enable_xprof_traceme=true",
+            f"--xla_dump_to={os.path.join(args.profile, 'hlo')}", "--xla_dump_hlo_as_text",
+        ])
     keras.utils.set_random_seed(0)
     data = make_data(args)
     models = {"ours": build_ours(args), "keras_hub": build_keras_hub(args)}
@@ -138,11 +333,13 @@ def main():
 
     seconds = {name: [] for name in models}
     cpu_seconds = {name: [] for name in models}
+    gflops = []  # one matmul measurement per round, under the round's load
     for _ in range(args.rounds):
         for name, step in steps.items():
             wall, cpu = time_steps(step, data, args.steps)
             seconds[name].append(wall)
             cpu_seconds[name].append(cpu)
+        gflops.append(matmul_gflops(args.matmul))
 
     throughput = {}
     print(
@@ -160,9 +357,32 @@ def main():
             f"CPU {np.median(cpu_seconds[name]) * 1e3:.0f} ms/step  "
             f"(rounds {', '.join(f'{v * 1e3:.0f}' for v in values)} ms)"
         )
+    # Model FLOPs per step: 6 (forward 2, backward 4) per parameter per token, over the
+    # parameters that multiply (all but the embedding tables; the output projection
+    # included). Tokens: the B*T target tokens. The encoder's parameters see the B*T
+    # source tokens instead, as many (S = T), so source tokens are not counted again.
+    # Attention's q.k and weights.v products (~2% here) are not in the count.
+    peak = float(np.median(gflops))
+    print(
+        f"fp32 matmul {args.matmul}x{args.matmul}: {peak:.1f} GFLOP/s (median of "
+        f"{args.rounds} rounds; {min(gflops):.1f} to {max(gflops):.1f})"
+    )
+    for name, model in models.items():
+        params = model.count_params() - embedding_parameters(model)
+        flops = 6 * params * args.batch * args.length  # per step
+        # Each round's model GFLOP/s over the matmul's in the same round (same load).
+        mfu = np.median(flops / np.array(seconds[name]) / 1e9 / np.array(gflops))
+        print(
+            f"MFU {name} = {100 * mfu:.0f}%  (6 x {params:,} non-embedding parameters x "
+            f"{args.batch * args.length} target tokens = {flops / 1e9:.1f} GFLOP per step; "
+            f"median over rounds of model GFLOP/s / matmul GFLOP/s)"
+        )
     cpu_ratio = np.median(np.array(cpu_seconds["keras_hub"]) / np.array(cpu_seconds["ours"]))
     print(f"CPU-time ratio ours/keras_hub (less sensitive to other load): {cpu_ratio:.2f}")
     paired = np.median(np.array(seconds["keras_hub"]) / np.array(seconds["ours"]))
+    if args.profile:
+        for name, step in steps.items():
+            profile_steps(step, data, os.path.join(args.profile, name), name)
     print_ratio("ours/keras_hub", paired)
 
 

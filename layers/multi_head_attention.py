@@ -236,7 +236,7 @@ class MultiHeadAttention(keras.layers.Layer):
             training=training,
             scale=1.0,  # 1 / sqrt(K) is folded into the query projection
         )  # (B, H, T, V), (B, H, T, S)
-        output = self.output_dense(ops.transpose(output, (0, 2, 1, 3)))  # (B, T, D_out)
+        output = self._output_projection(output)  # (B, T, D_out)
         results = (output, scores) if return_scores else (output,)
         if cache is not None:
             results += (cache,)
@@ -302,6 +302,24 @@ class MultiHeadAttention(keras.layers.Layer):
             x_part = ops.reshape(x_part, (batch_size, length, heads, width))  # (B, T, H, W)
             projected.append(ops.transpose(x_part, (0, 2, 1, 3)) if heads_first else x_part)
         return projected
+
+    def _output_projection(self, x):
+        """`output_dense` of the heads `x` (B, H, T, V), as one (B*T, H*V) @ (H*V, D_out)
+        matmul: the rank-3 matmul that `EinsumDense` runs is a batch matmul whose
+        kernel gradient sums B outer products (`_project` avoids it the same way)."""
+        dense = self.output_dense
+        x = ops.transpose(x, (0, 2, 1, 3))  # (B, T, H, V)
+        if dense.quantization_mode is not None:
+            return dense(x)
+        batch_size, length = ops.shape(x)[0], ops.shape(x)[1]
+        kernel = ops.cast(dense.kernel, x.dtype)  # (H, V, D_out)
+        heads, width, output_dim = kernel.shape
+        y = ops.matmul(
+            ops.reshape(x, (-1, heads * width)), ops.reshape(kernel, (heads * width, output_dim))
+        )  # (B*T, D_out)
+        if dense.bias is not None:
+            y = y + ops.cast(dense.bias, y.dtype)
+        return ops.reshape(y, (batch_size, length, output_dim))
 
     def _scale(self):
         return 1.0 / math.sqrt(self.key_dim)

@@ -3,7 +3,12 @@ import keras
 
 from layers.masking import resolve_padding_mask
 from layers.multi_head_attention import MultiHeadAttention
-from layers.transformer_encoder import check_block_arguments, check_hidden_dim, clone_initializer
+from layers.transformer_encoder import (
+    check_block_arguments,
+    check_hidden_dim,
+    clone_initializer,
+    feedforward,
+)
 
 
 @keras.saving.register_keras_serializable(package="layers")
@@ -240,8 +245,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         residual = x
         if self.normalize_first:
             x = self.feedforward_norm(x)
-        x = self.feedforward_intermediate(x)  # (B, T, intermediate_dim)
-        x = self.feedforward_output(x)  # (B, T, D)
+        x = feedforward(self, x)  # (B, T, D)
         x = self.feedforward_dropout(x, training=training)
         x = x + residual
         if not self.normalize_first:

@@ -1,5 +1,6 @@
 """One Transformer encoder block: self-attention and a feed-forward net, each residual."""
 import keras
+from keras import ops
 
 from layers.linear_attention import LinearAttention
 from layers.masking import resolve_padding_mask
@@ -32,6 +33,17 @@ def check_hidden_dim(name, shape, hidden_dim):
             f"the last axis of {name} must equal hidden_dim; received {name} shape="
             f"{tuple(shape)}, hidden_dim={hidden_dim}"
         )
+
+
+def feedforward(block, x):
+    """The block's feed-forward net, `feedforward_output(feedforward_intermediate(x))`,
+    on `x` (B, T, D) flattened to (B*T, D): the same matmuls, but 2-D, so that the
+    bias add and activation follow the matmul directly (graph mode fuses them into it)."""
+    shape = ops.shape(x)
+    x = ops.reshape(x, (-1, x.shape[-1]))  # (B*T, D)
+    x = block.feedforward_intermediate(x)  # (B*T, intermediate_dim)
+    x = block.feedforward_output(x)  # (B*T, D)
+    return ops.reshape(x, shape)  # (B, T, D)
 
 
 def clone_initializer(initializer):
@@ -187,8 +199,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         residual = x
         if self.normalize_first:
             x = self.feedforward_norm(x)
-        x = self.feedforward_intermediate(x)  # (B, T, intermediate_dim)
-        x = self.feedforward_output(x)  # (B, T, D)
+        x = feedforward(self, x)  # (B, T, D)
         x = self.feedforward_dropout(x, training=training)
         x = x + residual
         if not self.normalize_first:
