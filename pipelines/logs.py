@@ -14,6 +14,11 @@ TensorFlow speaks through three channels; each is quietened where it starts:
   and the trainer's retracing warning, which length bucketing triggers by design (one trace
   per bucket shape), is dropped.
 
+tensorflow-text's SentencePiece kernel logs through SentencePiece's own C++ logging, straight
+to fd 2 ("normalizer.cc(51) LOG(INFO) precompiled_charsmap is empty"); `native_lines_dropped()`
+holds fd 2 around the call that creates the kernel's model (`tasks.generation`) and drops
+such lines below the level too.
+
 Our own loggers and the Keras progress bar are untouched (`trainer.verbose` turns the bar
 off). `PIPELINES_TF_LOGS=1` leaves all three channels as TensorFlow sets them, and a
 `TF_CPP_MIN_LOG_LEVEL` the user set wins over our default. That level also decides which
@@ -36,6 +41,8 @@ QUIET_LEVEL = "3"  # TF_CPP_MIN_LOG_LEVEL: 1 hides INFO, 2 also WARNING, 3 also 
 _ABSL_LINE = re.compile(rb"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]\n]*\] ")
 _PREINIT = b"WARNING: All log messages before absl::InitializeLog() is called"
 _SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
+_SENTENCEPIECE_LINE = re.compile(rb"\w+\.cc\(\d+\) LOG\((INFO|WARNING|ERROR)\) ")
+_SENTENCEPIECE_SEVERITY = {b"INFO": 0, b"WARNING": 1, b"ERROR": 2}
 
 
 def tensorflow_logs_wanted() -> bool:
@@ -55,13 +62,36 @@ def is_chatter(line: bytes, level: int) -> bool:
     if line.startswith(_PREINIT):
         return level >= 1
     match = _ABSL_LINE.match(line)
-    return match is not None and _SEVERITY[match.group(1)] < level
+    if match is not None:
+        return _SEVERITY[match.group(1)] < level
+    match = _SENTENCEPIECE_LINE.match(line)
+    return match is not None and _SENTENCEPIECE_SEVERITY[match.group(1)] < level
+
+
+@contextlib.contextmanager
+def native_lines_dropped() -> Iterator[None]:
+    """Drops the C++ log lines below TF_CPP_MIN_LOG_LEVEL that the block writes to fd 2
+    (nothing with PIPELINES_TF_LOGS=1); any other output is written back."""
+    if tensorflow_logs_wanted():
+        yield
+        return
+    with _fd2_filtered(_level()):
+        yield
 
 
 @contextlib.contextmanager
 def _loading_lines_dropped(level: int) -> Iterator[None]:
+    if "tensorflow" in sys.modules:  # loaded already: its loading lines are gone
+        yield
+        return
+    with _fd2_filtered(level):
+        yield
+
+
+@contextlib.contextmanager
+def _fd2_filtered(level: int) -> Iterator[None]:
     """Sends fd 2 to a temporary file for the block, then writes back what is not chatter."""
-    if level < 1 or "tensorflow" in sys.modules:  # nothing to drop, or loaded already
+    if level < 1:  # nothing to drop
         yield
         return
     sys.stderr.flush()

@@ -28,6 +28,7 @@ import tensorflow as tf
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.data.streaming import sample_rows, text_batches
 from pipelines.distribute import choose_decode_jit
+from pipelines.logs import native_lines_dropped
 from pipelines.tasks.base import Task, plain
 
 log = logging.getLogger(__name__)
@@ -199,9 +200,11 @@ def _sentencepiece_server(model: bytes):
 
     name = "sentencepiece_" + hashlib.sha1(model).hexdigest()[:16]
     if name not in _SENTENCEPIECE_SERVERS:
-        tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32,
-                                                           name=name)
-        tokenizer._model_resource = SharedModel(model, name)
+        with native_lines_dropped():  # the kernel loads the model here, logging INFO
+            tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32,
+                                                               name=name)
+            tokenizer._model_resource = SharedModel(model, name)
+            tokenizer.tokenize(tf.constant([""]))
         _SENTENCEPIECE_SERVERS[name] = tokenizer
     return _SENTENCEPIECE_SERVERS[name]
 

@@ -56,6 +56,20 @@ def test_only_absl_shaped_lines_are_chatter():
     assert not is_chatter(b"E1202 06:45:49.017077   20858 cuda_platform.cc:52] failed call", 2)
     assert not is_chatter(b"Error: data.train=x.txt: no such file", 3)
     assert not is_chatter(b"I1 are not a log line", 3)
+    sentencepiece = b"normalizer.cc(51) LOG(INFO) precompiled_charsmap is empty. use identity"
+    assert is_chatter(sentencepiece, 1) and not is_chatter(sentencepiece, 0)
+    assert not is_chatter(b"model.cc(1) LOG(ERROR) bad model", 2)
+
+
+def test_the_sentencepiece_kernel_loads_its_model_without_a_line(capfd, monkeypatch):
+    from pipelines.tasks.generation import _sentencepiece_server, learn_sentencepiece
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.delenv("PIPELINES_TF_LOGS", raising=False)
+    model = learn_sentencepiece(["a quiet corpus of its own, seen once"] * 20, 40)
+    capfd.readouterr()
+    tokens = _sentencepiece_server(model).tokenize(["quiet"])
+    assert tokens.shape[0] == 1 and capfd.readouterr().err == ""
 
 
 def test_the_trainers_bucket_retracing_warning_is_dropped_others_kept():
