@@ -6,7 +6,10 @@ in the same process, with the timed rounds interleaved (ABBA) so that load on
 the machine hits both alike. Prints sequences/s for each (median over rounds)
 and `RATIO ours/keras sequences per second = X.XX`, the median of the per-round ratios.
 
-    python -m benchmarks lstm_throughput [--steps 20] [--rounds 5]
+    python -m benchmarks lstm_throughput [--steps 20] [--rounds 5] [--profile DIR]
+
+`--profile DIR` also traces 3 steps of each with tf.profiler (TensorBoard reads DIR/NAME)
+and prints each model's op time per step by op type, and its share in matmuls.
 """
 import argparse
 import pathlib
@@ -56,10 +59,32 @@ def time_steps(step, tokens, labels, steps):
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def print_profile(step, tokens, labels, logdir, name, steps=3):
+    """Traces `steps` steps into `logdir` and prints the op time per step by op type."""
+    from benchmarks.transformer_throughput import _is_matmul, op_times
+
+    tf.profiler.experimental.start(logdir + "_warmup")  # the first trace pays set-up costs
+    time_steps(step, tokens, labels, 1)
+    tf.profiler.experimental.stop()
+    tf.profiler.experimental.start(logdir)
+    time_steps(step, tokens, labels, steps)
+    tf.profiler.experimental.stop()
+    kinds = {}
+    for (_, kind), micros in op_times(logdir).items():
+        kinds[kind] = kinds.get(kind, 0.0) + micros
+    total = sum(kinds.values())
+    matmul = sum(micros for kind, micros in kinds.items() if _is_matmul(kind))
+    print(f"profile {name}: {total / steps / 1e3:.1f} ms of op time per step (summed over "
+          f"threads), {100 * matmul / total:.0f}% in matmuls; top op types:")
+    for kind, micros in sorted(kinds.items(), key=lambda item: -item[1])[:10]:
+        print(f"  {kind:<32} {micros / steps / 1e3:7.2f} ms  {100 * micros / total:5.1f}%")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="train steps per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model")
+    parser.add_argument("--profile", metavar="DIR", help="also trace 3 steps of each model")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
@@ -88,6 +113,9 @@ def main():
     for name, values in rates.items():
         print(f"{name:>5}: {np.median(values):8.1f} sequences/s  (rounds: "
               + ", ".join(f"{v:.0f}" for v in values) + ")")
+    if args.profile:
+        for name, step in steps.items():
+            print_profile(step, tokens, labels, f"{args.profile}/{name}", name)
     print_ratio("ours/keras sequences per second", np.median(ratios))
 
 
