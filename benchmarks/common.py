@@ -97,3 +97,117 @@ def run_checked(command, label):
     if code:
         sys.exit(f"{label} failed (exit {code}):\n{tail}")
     return seconds, rss
+
+
+# ----------------------------------------------------------------------------- profiles
+# Substrings of the matmul op types: TF's (_MklMatMul, Einsum, ...) and XLA's (HLO dot).
+MATMUL_TYPES = ("MatMul", "Einsum", "Conv", "dot", "onednn")
+
+
+def is_matmul(kind):
+    return any(part in kind for part in MATMUL_TYPES)
+
+
+def op_times(logdir, hlo_dir=None):
+    """{(op name, op type): summed microseconds} of the ops in a tf.profiler trace.
+
+    Reads the host plane of the XSpace. In graph mode the TF ops are the events whose
+    display name is their type (the rest is executor and threadpool bookkeeping).
+    Under XLA the events are HLO instructions (with `--xla_cpu_enable_xprof_traceme`);
+    each is named after the TF op it came from through the `op_name` metadata of the
+    optimised HLO that `--xla_dump_to=hlo_dir` wrote for the traced function.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals, hlo_names = {}, {}
+    for path in pathlib.Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            if not plane.name.startswith("/host:CPU"):
+                continue
+            for line in plane.lines:
+                if line.name == "python" and hlo_dir:
+                    hlo_names.update(_hlo_op_names(plane, line, hlo_dir))
+            for line in plane.lines:
+                if line.name == "python":
+                    continue
+                end = -1  # of the last counted event: ops inside it (an XLA call) are in it
+                for event in sorted(line.events, key=lambda event: event.offset_ps):
+                    meta = plane.event_metadata[event.metadata_id]
+                    if event.offset_ps < end:
+                        continue
+                    if meta.display_name:  # a TF op: "name:type"
+                        key = (meta.name.rpartition(":")[0], meta.display_name)
+                    elif meta.name in hlo_names:  # an HLO instruction
+                        key = hlo_names[meta.name]
+                    else:  # executor and threadpool bookkeeping
+                        continue
+                    totals[key] = totals.get(key, 0.0) + event.duration_ps / 1e6
+                    end = event.offset_ps + event.duration_ps
+    return totals
+
+
+def _hlo_op_names(plane, line, hlo_dir):
+    """{HLO instruction: (TF op name, "HLO " + opcode)} of the traced train step."""
+    import re
+
+    functions = {
+        plane.event_metadata[event.metadata_id].name.split(": ")[-1]
+        for event in line.events
+        if plane.event_metadata[event.metadata_id].name.startswith("EagerLocalExecute: ")
+    }
+    instruction = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? (\w[\w-]*)\(")
+    op_name = re.compile(r'op_name="([^"]*)"')
+    calls = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
+    operand = re.compile(r"%([\w.\-]+)")
+    computation = re.compile(r"^%?([\w.\-]+) .*\{$")
+    names = {}
+    for path in pathlib.Path(hlo_dir).glob("*cpu_after_optimizations.txt"):
+        if not any(f"{function.lstrip('_')}__" in path.name for function in functions):
+            continue  # the dump names "__inference_f_12" "a_inference_f_12__..."
+        # An instruction without metadata (most fusions, and the ops of the computation
+        # an RNG `call` runs) is named by the first named op inside its fused
+        # computation, else by the instruction that calls its computation, else by its
+        # first named user.
+        first_in, caller, unnamed, users, where = {}, {}, [], {}, {}
+        current = None
+        for text in path.read_text().splitlines():
+            head = computation.match(text)
+            if head and not text.startswith(" "):
+                current = head.group(1)
+                continue
+            match = instruction.match(text)
+            if not match:
+                continue
+            name, named, called = match.group(1), op_name.search(text), calls.search(text)
+            where[name] = current
+            arguments = text.split("(", 1)[1] if "(" in text else ""
+            for used in operand.findall(arguments):
+                users.setdefault(used, []).append(named.group(1) if named else None)
+            if named:
+                names[name] = (named.group(1), "HLO " + match.group(2))
+                first_in.setdefault(current, named.group(1))
+                if called:
+                    caller[called.group(1)] = named.group(1)
+            else:
+                unnamed.append((name, match.group(2), called.group(1) if called else None))
+        for name, opcode, called in unnamed:
+            choice = first_in.get(called) or caller.get(where[name]) or next(
+                (user for user in users.get(name, []) if user), "unnamed")
+            names[name] = (choice, "HLO " + opcode)
+    return names
+
+
+def traced_op_times(run, logdir, steps=3, hlo_dir=None):
+    """{(op name, op type): microseconds} of `run(steps)` traced by tf.profiler into
+    `logdir`, after one untraced-for-timing `run(1)` (the first trace pays set-up costs)."""
+    import tensorflow as tf
+
+    tf.profiler.experimental.start(logdir + "_warmup")
+    run(1)
+    tf.profiler.experimental.stop()
+    tf.profiler.experimental.start(logdir)
+    run(steps)
+    tf.profiler.experimental.stop()
+    return op_times(logdir, hlo_dir)

@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.common import print_ratio  # noqa: E402
+from benchmarks.common import is_matmul, print_ratio, traced_op_times  # noqa: E402
 from layers.rnn import LSTM  # noqa: E402
 
 BATCH, LENGTH, VOCAB, EMBED, UNITS, CLASSES = 64, 64, 1000, 64, 128, 10
@@ -61,19 +61,12 @@ def time_steps(step, tokens, labels, steps):
 
 def print_profile(step, tokens, labels, logdir, name, steps=3):
     """Traces `steps` steps into `logdir` and prints the op time per step by op type."""
-    from benchmarks.transformer_throughput import _is_matmul, op_times
-
-    tf.profiler.experimental.start(logdir + "_warmup")  # the first trace pays set-up costs
-    time_steps(step, tokens, labels, 1)
-    tf.profiler.experimental.stop()
-    tf.profiler.experimental.start(logdir)
-    time_steps(step, tokens, labels, steps)
-    tf.profiler.experimental.stop()
     kinds = {}
-    for (_, kind), micros in op_times(logdir).items():
+    traced = traced_op_times(lambda count: time_steps(step, tokens, labels, count), logdir, steps)
+    for (_, kind), micros in traced.items():
         kinds[kind] = kinds.get(kind, 0.0) + micros
     total = sum(kinds.values())
-    matmul = sum(micros for kind, micros in kinds.items() if _is_matmul(kind))
+    matmul = sum(micros for kind, micros in kinds.items() if is_matmul(kind))
     print(f"profile {name}: {total / steps / 1e3:.1f} ms of op time per step (summed over "
           f"threads), {100 * matmul / total:.0f}% in matmuls; top op types:")
     for kind, micros in sorted(kinds.items(), key=lambda item: -item[1])[:10]:

@@ -80,15 +80,6 @@ def native_lines_dropped() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _loading_lines_dropped(level: int) -> Iterator[None]:
-    if "tensorflow" in sys.modules:  # loaded already: its loading lines are gone
-        yield
-        return
-    with _fd2_filtered(level):
-        yield
-
-
-@contextlib.contextmanager
 def _fd2_filtered(level: int) -> Iterator[None]:
     """Sends fd 2 to a temporary file for the block, then writes back what is not chatter."""
     if level < 1:  # nothing to drop
@@ -126,7 +117,8 @@ def quiet_tensorflow() -> Iterator[None]:
         yield
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LEVEL)
-    with _loading_lines_dropped(_level()):
+    # Loaded already: its loading lines are gone, nothing to hold.
+    with _fd2_filtered(0 if "tensorflow" in sys.modules else _level()):
         yield
     for name in ("absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)

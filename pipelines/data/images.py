@@ -16,6 +16,7 @@ import tensorflow as tf
 from pipelines.data.files import IMAGE_SUFFIXES, VOID, DataFileError
 
 __all__ = ["IMAGE_SUFFIXES", "VOID", "check_streamed_image", "decode", "decode_image",
+           "decode_pixels",
            "decode_images", "image_folder_files", "load_image", "pixel_statistics", "read_image",
            "read_image_folder", "resize", "resize_image", "resize_mask"]
 
@@ -130,11 +131,19 @@ def resize(images, size: int):
                            antialias=True)
 
 
+def decode_pixels(image_bytes, shape: tuple | None = None):
+    """One encoded JPEG/PNG/GIF/BMP (scalar string) -> uint8 (H, W, 3), in the graph;
+    `shape` (H, W, 3) when every image is known to have it (checked as it decodes)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    if shape is not None:
+        return tf.ensure_shape(image, shape)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def decode(image_bytes, size: int):
     """One encoded JPEG/PNG/GIF/BMP (scalar string) -> float32 (size, size, 3), in the graph."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])  # (H, W, 3) uint8
-    return resize(image, size)
+    return resize(decode_pixels(image_bytes), size)
 
 
 def decode_images(image_bytes, size: int):

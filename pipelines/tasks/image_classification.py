@@ -21,7 +21,8 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
 from pipelines.data import Splits
-from pipelines.data.images import decode, decode_images, pixel_statistics, resize
+from pipelines.data.images import (decode, decode_images, decode_pixels, pixel_statistics,
+                                   resize)
 from pipelines.data.streaming import StreamingSplit, example_dataset
 from pipelines.tasks.base import Task, label_names, name_ids
 
@@ -129,8 +130,7 @@ class ImageClassification(Task):
                 if resized:
                     image = decode(image, size)  # (S, S, 3) float32
                 else:
-                    image = tf.ensure_shape(tf.io.decode_image(
-                        image, channels=3, expand_animations=False), pair.shape)
+                    image = decode_pixels(image, pair.shape)  # (H, W, 3) uint8
                 return image, label  # the label's id is looked up by the batch
 
             ds = example_dataset(pair, training, self.seed).map(
