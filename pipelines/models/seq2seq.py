@@ -34,6 +34,16 @@ _CELLS = {"lstm": layers.LSTM, "gru": layers.GRU}
 _ATTENTION = ("additive", "dot", "general")
 
 
+def _rnn_embedding(vocabulary_size, embedding_dim, name):
+    """The recurrent encoder's and decoder's token table, initialised N(0, 1) as PyTorch's
+    `nn.Embedding` (the recipes these models reproduce) rather than keras's uniform(+-0.05):
+    with the small table the encoder memory starts ~100x smaller, attention starts uniform and
+    learns nothing for hundreds of steps (a plateau at the target-LM loss, measured on one
+    batch: 350 steps at loss 1.2 vs under 0.08 after 50 steps with N(0, 1))."""
+    return keras.layers.Embedding(vocabulary_size, embedding_dim, mask_zero=True, name=name,
+                                  embeddings_initializer=keras.initializers.RandomNormal(0.0, 1.0))
+
+
 class EncoderDecoder(keras.Model):
     """An encoder over the source and a decoder over the target (see the module docstring).
 
@@ -107,8 +117,7 @@ class RecurrentTextEncoder(keras.layers.Layer):
     def __init__(self, vocabulary_size, cell="lstm", embedding_dim=128, units=128, num_layers=1,
                  bidirectional=True, merge_mode="concat", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, mask_zero=True,
-                                                name="embedding")
+        self.embedding = _rnn_embedding(vocabulary_size, embedding_dim, "embedding")
         self.dropout = keras.layers.Dropout(dropout)
         self.rnns = []
         for index in range(num_layers):
@@ -263,8 +272,7 @@ class RecurrentDecoder(keras.layers.Layer):
         if attention not in _ATTENTION:
             raise ValueError(f"model.attention must be one of {_ATTENTION}; received {attention!r}")
         self.num_states = 2 if cell == "lstm" else 1
-        self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, mask_zero=True,
-                                                name="target_embedding")
+        self.embedding = _rnn_embedding(vocabulary_size, embedding_dim, "target_embedding")
         self.dropout = keras.layers.Dropout(dropout)
         self.bridges = [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}")
                         for i in range(self.num_states)]

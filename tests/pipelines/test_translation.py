@@ -62,6 +62,32 @@ def test_batch_padding_never_changes_a_translation(model, beam_size):
     assert alone[0] == together[0]
 
 
+def test_recurrent_translator_leaves_the_attention_plateau_on_one_batch():
+    # With keras's uniform(+-0.05) token tables the encoder memory starts tiny, attention
+    # stays uniform and a recurrent translator sits near the target-LM loss for hundreds of
+    # steps (measured here: 1.78 after 60 steps, from 2.99); with the N(0, 1) tables
+    # (pipelines.models.seq2seq._rnn_embedding) one batch of 32 pairs is fit (0.05).
+    task = build_task(_cfg("model=lstm", "model.units=64", "model.embedding_dim=64",
+                           "model.dropout=0", "data.num_train=200", "data.num_validation=10",
+                           "data.num_test=10", "task.vocabulary_size=300"))
+    splits = task.load()
+    task.adapt(splits)
+    network = task.build_model()
+    x, y = next(iter(task.dataset(splits.train, training=True, batch_size=32)))
+    optimizer = tf.keras.optimizers.Adam(5e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(task.loss(y, network(x, training=True)))
+        gradients = tape.gradient(loss, network.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, network.trainable_variables))
+        return loss
+
+    losses = [float(step()) for _ in range(60)]
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
 def test_targets_are_start_tokens_end_and_padding():
     task, splits = _toy_task("gru")
     x, y = next(iter(task.dataset(splits.validation, training=False, batch_size=4)))
@@ -119,11 +145,12 @@ def test_export_serves_the_same_translations_in_a_fresh_process(model, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["transformer", "gru"])
 def test_learns_synthetic_translation(model, tmp_path):
-    extra = (["model.hidden_dim=64", "model.intermediate_dim=128"] if model == "transformer"
-             else ["model.units=64", "model.embedding_dim=64"])
+    extra = (["model.hidden_dim=64", "model.intermediate_dim=128", "trainer.epochs=3"]
+             if model == "transformer"  # the GRU needs more steps (BLEU 57 after 10 epochs)
+             else ["model.units=64", "model.embedding_dim=64", "trainer.epochs=10"])
     cfg = _cfg(f"model={model}", *extra,
                "data.num_train=3000", "data.num_validation=100", "data.num_test=100",
-               "trainer.epochs=3", "trainer.batch_size=32", "trainer.early_stopping_patience=null",
+               "trainer.batch_size=32", "trainer.early_stopping_patience=null",
                "task.vocabulary_size=1000", "decode.beam_size=2")
     result = execute(cfg, tmp_path)
     assert set(result.metrics) == {"bleu", "chrf"}
