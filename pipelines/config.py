@@ -899,6 +899,17 @@ def register_schemas() -> None:
     """Stores every schema as the config `schema_<group>_<name>` for the group files' defaults
     lists (`- /schema_task_sentiment@_here_`). Configs at the root, not a group, so that
     `--help` lists only the user's groups."""
+    # And our sweeper (`hydra/sweeper=pipelines_optuna`, its class and config node): Hydra finds
+    # plugins by listing the `hydra_plugins` namespace with pkgutil, which cannot list a package
+    # that an editable install (`pip install -e .`) serves through its import hook, so from any
+    # folder but the repository root `hparams_search=optuna` failed ("Could not find
+    # 'hydra/sweeper/pipelines_optuna'"). Importing the plugin stores its node.
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.pipelines_optuna_sweeper.pipelines_optuna_sweeper import \
+        PipelinesOptunaSweeper
+
+    Plugins.instance().register(PipelinesOptunaSweeper)
+
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():

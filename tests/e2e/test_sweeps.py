@@ -23,6 +23,13 @@ def _env():
             "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
 
 
+def _user_env():
+    """A user's shell: the installed package only (the repository is not on the path, so an
+    editable install serves `hydra_plugins` through its import hook, as it does for users)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OPTUNA_LOGGING": "0",
+            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+
+
 def _run(args, cwd=REPO, timeout=400, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=env or _env())
@@ -161,9 +168,11 @@ def test_optuna_search_resumes_and_nests_its_trials(mlflow_server, tmp_path):
     common = ["-m", "pipelines", "hparams_search=optuna", "model=lstm", *SMOKE,
               f"hydra.sweep.dir={sweep}", f"logger.tracking_uri={mlflow_server.uri}",
               "logger.experiment_name=e2e-optuna"]
-    first = _run([*common, "hydra.sweeper.n_trials=2"])  # as if stopped after its 2nd trial
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = _run([*common, "hydra.sweeper.n_trials=3"])
+    # Run as a user does, from another folder (Hydra did not find our sweeper there when the
+    # package was installed editable: "Could not find 'hydra/sweeper/pipelines_optuna'").
+    first = _run([*common, "hydra.sweeper.n_trials=2"], cwd=tmp_path, env=_user_env())
+    assert first.returncode == 0, first.stderr[-3000:]  # as if stopped after its 2nd trial
+    second = _run([*common, "hydra.sweeper.n_trials=3"], cwd=tmp_path, env=_user_env())
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 of 3 trials done" in second.stdout + second.stderr
 
