@@ -164,6 +164,37 @@ class Sweep:
         return cls(pathlib.Path(hydra_cfg.sweep.dir).absolute(), int(hydra_cfg.job.num))
 
 
+def open_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name` at `uri`, created if new. Sweep workers start together: the
+    first one creates (migrates) a SQLite store and the experiment while the others wait."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        return retry_locked(mlflow.set_experiment, name).experiment_id
+
+
+def prepare_sweep(cfg: DictConfig, sweep_dir: pathlib.Path, study: str) -> None:
+    """What the first job of a sweep would do before training, done by the sweeper while its
+    parallel jobs start (import TensorFlow): opens the MLflow store (a new SQLite store is
+    created and migrated: ~3 s), the experiment and the study's parent run, under the locks the
+    jobs take, so that no job waits on another's store creation. Best effort: a failure is left
+    to the jobs, which report it with their usual message."""
+    if str(getattr(cfg.logger.backend, "value", cfg.logger.backend)) != "mlflow":
+        return
+    try:
+        for key, value in HTTP_SETTINGS.items():
+            os.environ.setdefault(key, value)
+        import mlflow
+
+        uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+        check_reachable(uri)
+        experiment_id = open_experiment(uri, cfg.logger.experiment_name)
+        sweep_parent_run(mlflow.MlflowClient(), experiment_id, sweep_dir, cfg.task.name, study)
+    except Exception as error:  # noqa: BLE001 - the jobs open the store themselves
+        log.info("MLflow: the sweeper could not prepare the store (%s); the jobs will", error)
+
+
 def sweep_parent_run(client, experiment_id: str, sweep_dir: pathlib.Path, task: str,
                      study: str | None = None) -> str:
     """The sweep's parent run id: created by the first job, found by the others and by re-runs.
@@ -308,10 +339,7 @@ class Tracker:
                     mlflow.MlflowClient().get_run, project_run).info.experiment_id
                 name = retry_locked(mlflow.set_experiment, experiment_id=experiment_id).name
             else:
-                # Sweep workers start together: the first one creates (migrates) a SQLite
-                # store and the experiment while the others wait.
-                with store_lock(uri):
-                    experiment_id = retry_locked(mlflow.set_experiment, name).experiment_id
+                experiment_id = open_experiment(uri, name)
         except Exception as error:  # noqa: BLE001
             raise TrackingError(
                 f"MLflow could not open experiment {name!r} at {uri}: {error}. Check "

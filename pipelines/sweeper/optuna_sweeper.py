@@ -57,7 +57,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipelines.locks import retry_locked, sqlite_path, store_lock
-from pipelines.tracking import STUDY_ENV, TRIAL_ENV  # the tracker tags the MLflow run with them
+# the tracker tags the MLflow run with the env vars; prepare_sweep opens its store early
+from pipelines.tracking import STUDY_ENV, TRIAL_ENV, prepare_sweep
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +420,14 @@ class OptunaSweeperImpl(Sweeper):
                      for _ in range(self.n_jobs)]
             for slot in slots:
                 slot.start()
+            # While the first jobs import TensorFlow, this process opens the MLflow store and
+            # the parent run, which the first job would do while the others wait for it.
+            preparing = threading.Thread(target=prepare_sweep, daemon=True, name="mlflow-store",
+                                         args=(self.config, self.sweep_dir, self.study_key))
+            preparing.start()
             for slot in slots:
                 slot.join()
+            preparing.join()
             errors = [slot.error for slot in slots if slot.error is not None]
             if errors:
                 raise errors[0]

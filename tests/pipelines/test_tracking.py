@@ -163,6 +163,28 @@ def test_sweep_jobs_share_one_parent_run(store, tmp_path):
     assert (sweep_dir / tracking.PARENT_RUN_ID_FILE).read_text() == parent.info.run_id
 
 
+def test_the_sweeper_prepares_the_parent_run_that_its_jobs_join(store, tmp_path, monkeypatch,
+                                                                 caplog):
+    sweep_dir = tmp_path / "sweep"
+    cfg = _cfg(f"logger.tracking_uri={store}", "logger.experiment_name=prepared", "model=lstm")
+    tracking.prepare_sweep(cfg, sweep_dir, "study.0123")  # the sweeper, before its jobs start
+    (parent,) = _runs(store, "prepared")
+    assert parent.data.tags["sweep_parent"] == "true"
+    assert parent.data.tags["sweep_study"] == "study.0123"
+    assert (sweep_dir / tracking.PARENT_RUN_ID_FILE).read_text() == parent.info.run_id
+    monkeypatch.setenv(tracking.STUDY_ENV, "study.0123")
+    job = Tracker(cfg, sweep_dir / "0", sweep=Sweep(sweep_dir, 0))
+    job.start()
+    job.finish()
+    assert job.parent_run_id == parent.info.run_id and len(_runs(store, "prepared")) == 2
+    # logger=none: nothing; an unreachable server: the jobs report it, the sweeper only notes it
+    tracking.prepare_sweep(_cfg("logger=none"), tmp_path / "none", "s")
+    assert not (tmp_path / "none").exists()
+    with caplog.at_level(logging.INFO, logger="pipelines.tracking"):
+        tracking.prepare_sweep(_cfg("logger.tracking_uri=http://127.0.0.1:9"), tmp_path / "x", "s")
+    assert "unreachable" in caplog.text and not (tmp_path / "x").exists()
+
+
 def test_training_curves_png(tmp_path):
     history = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_accuracy": 0.5 + e / 10,
                 "val_accuracy": 0.4 + e / 10} for e in range(1, 4)]
