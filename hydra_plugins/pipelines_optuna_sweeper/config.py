@@ -34,6 +34,9 @@ class PipelinesOptunaSweeperConf:
     # host's trial silent for grace_period s is re-run (on this host, a dead pid is enough)
     heartbeat_interval: float = 30.0
     grace_period: float = 120.0
+    # with hydra/launcher=joblib: a module every worker imports as soon as the sweep starts,
+    # before its first trial arrives (hparams_search=optuna sets pipelines.run: TensorFlow)
+    warm_up: Optional[str] = None
     # key: choice(...) | interval(lo, hi) | range(lo, hi[, step]) | tag(log, interval(...))
     params: Optional[Dict[str, str]] = field(default_factory=dict)
 

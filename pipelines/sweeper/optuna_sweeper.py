@@ -27,7 +27,10 @@ This sweeper runs on current Optuna with a persistent storage in the sweep direc
   (`hydra/launcher=joblib` with `hydra.launcher.n_jobs`, or `submitit_slurm`), `n_jobs` threads
   each keep one trial in flight and start the next as soon as theirs ends (as Optuna's
   `optimize(n_jobs=...)` does), so no trial waits for a slower one; Hydra's basic launcher runs
-  batches of `n_jobs` in this process, one job after another. Jobs get their trial
+  batches of `n_jobs` in this process, one job after another. With joblib, `warm_up` (a module
+  name; `hparams_search=optuna` sets `pipelines.run`) starts the workers and has each import it
+  while the sweeper opens its study, and the sweeper opens the MLflow store and the parent run
+  (`pipelines.tracking.prepare_sweep`) while they do. Jobs get their trial
   number and the study's key in the environment (`PIPELINES_OPTUNA_TRIAL`,
   `PIPELINES_SWEEP_STUDY`): the tracker tags the MLflow run and finds the one parent run of
   the study.
@@ -146,6 +149,56 @@ def _stop_idle_workers(launcher) -> None:
         executor.shutdown(wait=True, kill_workers=True)
 
 
+WORKER_GROWTH_LIMIT = 4 * 2**30  # bytes a warmed joblib worker may grow before loky replaces it
+
+
+def _warm_worker(module: str) -> None:
+    """Run in a joblib worker before its first trial: imports `module` (`pipelines.run` for
+    our CLI: TensorFlow, Keras and the tasks, ~5 s).
+
+    loky replaces a worker whose memory grew by 300 MB since its first task (a leak guard,
+    measured after that task). With this task first, the first trial's graphs and imports
+    would count as a leak and the worker, TensorFlow and all, would be replaced after it
+    (seen: a 15 s re-import); a warmed worker's limit is WORKER_GROWTH_LIMIT instead."""
+    import importlib
+
+    from joblib.externals.loky import process_executor
+
+    from pipelines.logs import quiet_tensorflow
+
+    if hasattr(process_executor, "_MAX_MEMORY_LEAK_SIZE"):
+        process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE,
+                                                     WORKER_GROWTH_LIMIT)
+    with quiet_tensorflow():
+        importlib.import_module(module)
+
+
+def _warm_workers(launcher, module: str | None) -> threading.Thread | None:
+    """`hydra.sweeper.warm_up=MODULE` with the joblib launcher: starts the launcher's loky
+    workers at once and has each import MODULE (`_warm_worker`), in a thread, while the
+    sweeper opens its study, instead of when the first trials arrive. The launcher's own
+    `Parallel` calls then reuse these workers (loky's reusable executor: the same arguments
+    as `hydra_joblib_launcher._core.launch` gives)."""
+    if not module or type(launcher).__name__ != "JoblibLauncher":
+        return None
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    config = {**launcher.joblib, "backend": "loky"}
+    process_joblib_cfg(config)
+    workers = effective_n_jobs(config.get("n_jobs", 1))
+
+    def warm() -> None:
+        try:
+            Parallel(**config)(delayed(_warm_worker)(module) for _ in range(workers))
+        except Exception as error:  # noqa: BLE001 - the trials import it themselves
+            log.info("joblib: could not warm the workers up (%s)", error)
+
+    thread = threading.Thread(target=warm, daemon=True, name="joblib-warm-up")
+    thread.start()
+    return thread
+
+
 def distribution_from_override(override: Override) -> Any:
     """An Optuna distribution for a sweep override, or the value string for a plain one."""
     from optuna.distributions import (CategoricalDistribution, FloatDistribution,
@@ -243,7 +296,8 @@ class OptunaSweeperImpl(Sweeper):
                  seed: int | None = None, storage: str | None = None,
                  study_name: str | None = None, n_jobs: int = 1,
                  max_failure_rate: float = 0.0, params: dict | None = None,
-                 heartbeat_interval: float = 30.0, grace_period: float = 120.0) -> None:
+                 heartbeat_interval: float = 30.0, grace_period: float = 120.0,
+                 warm_up: str | None = None) -> None:
         directions = list(direction) if isinstance(direction, (list, tuple, ListConfig)) \
             else [direction]
         self.directions = [str(getattr(d, "value", d)).lower() for d in directions]
@@ -265,9 +319,11 @@ class OptunaSweeperImpl(Sweeper):
         self.heartbeat_interval, self.grace_period = float(heartbeat_interval), float(grace_period)
         self.worker, self.study_key = "", ""
         self.params = dict(params or {})
+        self.warm_up = warm_up
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher = None
+        self.warming: threading.Thread | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -275,6 +331,7 @@ class OptunaSweeperImpl(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = pathlib.Path(str(config.hydra.sweep.dir)).absolute()
+        self.warming = _warm_workers(self.launcher, self.warm_up) if self.n_jobs > 1 else None
 
     # ------------------------------------------------------------------ search space
     def search_space(self, arguments: Sequence[str]) -> tuple[dict, dict]:
@@ -434,6 +491,8 @@ class OptunaSweeperImpl(Sweeper):
         else:
             self._run_slot(study, space, fixed, self.n_jobs)
         self._save_results(study)
+        if self.warming is not None:
+            self.warming.join()
         _stop_idle_workers(self.launcher)
         return study
 

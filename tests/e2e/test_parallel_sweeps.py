@@ -145,6 +145,39 @@ def test_two_sweepers_started_together_run_n_trials_in_all_none_twice(tmp_path):
     assert all(len((sweep / str(j) / "ran").read_text().splitlines()) == 1 for j in range(8))
 
 
+WARM = """
+import os
+KEEP = []  # what the trials of this worker hold
+with open(os.path.join(os.environ["WARM_DIR"], str(os.getpid())), "w"):
+    pass
+"""
+
+
+def test_warmed_joblib_workers_run_every_trial_and_survive_a_large_one(tmp_path):
+    # Each trial holds 400 MB more than the warm-up left: loky's leak guard (300 MB since the
+    # first task) would replace the worker after its first trial unless the warm-up raised it.
+    trial_sleep = "    time.sleep(float("
+    assert APP.count(trial_sleep) == 1
+    (tmp_path / "app.py").write_text(APP.replace(trial_sleep, (
+        "    import warm\n"
+        "    warm.KEEP.append(b'x' * (400 * 2**20))  # resident: every page written\n"
+        + trial_sleep)))
+    (tmp_path / "config.yaml").write_text(textwrap.dedent(CONFIG).replace("n_trials: 8",
+                                                                          "n_trials: 4"))
+    (tmp_path / "warm.py").write_text(WARM)
+    (tmp_path / "warmed").mkdir()
+    sweep = tmp_path / "sweep"
+    result = _run(["app.py", "-m", f"hydra.sweep.dir={sweep}", "+hydra.sweeper.warm_up=warm"],
+                  cwd=tmp_path, env={**_env(), "WARM_DIR": str(tmp_path / "warmed"),
+                                     "TRIAL_SECONDS": "1.2",  # loky checks at most every 1 s
+                                     "PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    warmed = {p.name for p in (tmp_path / "warmed").iterdir()}
+    ran = {line.split()[0] for job in sweep.glob("[0-9]*")
+           for line in (job / "ran").read_text().splitlines()}
+    assert len(ran) == 2 and ran <= warmed, (ran, warmed)  # 4 trials, the 2 warmed workers
+
+
 def test_a_failing_parallel_trial_stops_the_sweep_and_leaves_nothing_running(tmp_path):
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "config.yaml").write_text(textwrap.dedent(CONFIG))
