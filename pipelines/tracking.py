@@ -179,8 +179,10 @@ def prepare_sweep(cfg: DictConfig, sweep_dir: pathlib.Path, study: str) -> None:
     parallel jobs start (import TensorFlow): opens the MLflow store (a new SQLite store is
     created and migrated: ~3 s), the experiment and the study's parent run, under the locks the
     jobs take, so that no job waits on another's store creation. Best effort: a failure is left
-    to the jobs, which report it with their usual message."""
-    if str(getattr(cfg.logger.backend, "value", cfg.logger.backend)) != "mlflow":
+    to the jobs, which report it with their usual message. A config without our `logger`
+    (another Hydra app on this sweeper) has nothing to prepare."""
+    backend = OmegaConf.select(cfg, "logger.backend")
+    if str(getattr(backend, "value", backend)) != "mlflow":
         return
     try:
         for key, value in HTTP_SETTINGS.items():

@@ -179,6 +179,7 @@ def test_the_sweeper_prepares_the_parent_run_that_its_jobs_join(store, tmp_path,
     assert job.parent_run_id == parent.info.run_id and len(_runs(store, "prepared")) == 2
     # logger=none: nothing; an unreachable server: the jobs report it, the sweeper only notes it
     tracking.prepare_sweep(_cfg("logger=none"), tmp_path / "none", "s")
+    tracking.prepare_sweep(OmegaConf.create({"x": 1}), tmp_path / "none", "s")  # another app
     assert not (tmp_path / "none").exists()
     with caplog.at_level(logging.INFO, logger="pipelines.tracking"):
         tracking.prepare_sweep(_cfg("logger.tracking_uri=http://127.0.0.1:9"), tmp_path / "x", "s")
