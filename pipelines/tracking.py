@@ -164,12 +164,31 @@ class Sweep:
         return cls(pathlib.Path(hydra_cfg.sweep.dir).absolute(), int(hydra_cfg.job.num))
 
 
-def open_experiment(uri: str, name: str) -> str:
-    """The id of experiment `name` at `uri`, created if new. Sweep workers start together: the
-    first one creates (migrates) a SQLite store and the experiment while the others wait."""
+def mlflow_enabled(cfg: DictConfig) -> bool:
+    """`logger.backend=mlflow` (False for `logger=none` and for a config without our logger)."""
+    backend = OmegaConf.select(cfg, "logger.backend")
+    return str(getattr(backend, "value", backend)) == "mlflow"
+
+
+def connect(tracking_uri: str | None) -> str:
+    """Points this process's MLflow at `logger.tracking_uri` (resolved), with short HTTP
+    retries, after checking that a server answers; returns the URI."""
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
     import mlflow
 
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def open_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name` at `uri` (the tracking URI set), created if new. Sweep
+    workers start together: the first one creates (migrates) a SQLite store and the
+    experiment while the others wait."""
+    import mlflow
+
     with store_lock(uri):
         return retry_locked(mlflow.set_experiment, name).experiment_id
 
@@ -181,16 +200,12 @@ def prepare_sweep(cfg: DictConfig, sweep_dir: pathlib.Path, study: str) -> None:
     jobs take, so that no job waits on another's store creation. Best effort: a failure is left
     to the jobs, which report it with their usual message. A config without our `logger`
     (another Hydra app on this sweeper) has nothing to prepare."""
-    backend = OmegaConf.select(cfg, "logger.backend")
-    if str(getattr(backend, "value", backend)) != "mlflow":
+    if not mlflow_enabled(cfg):
         return
     try:
-        for key, value in HTTP_SETTINGS.items():
-            os.environ.setdefault(key, value)
         import mlflow
 
-        uri = resolve_tracking_uri(cfg.logger.tracking_uri)
-        check_reachable(uri)
+        uri = connect(cfg.logger.tracking_uri)
         experiment_id = open_experiment(uri, cfg.logger.experiment_name)
         sweep_parent_run(mlflow.MlflowClient(), experiment_id, sweep_dir, cfg.task.name, study)
     except Exception as error:  # noqa: BLE001 - the jobs open the store themselves
@@ -301,7 +316,7 @@ class Tracker:
     def __init__(self, cfg: DictConfig, run_dir: pathlib.Path, overrides: list[str] | None = None,
                  sweep: Sweep | None = None):
         self.cfg, self.run_dir = cfg, pathlib.Path(run_dir)
-        self.enabled = str(getattr(cfg.logger.backend, "value", cfg.logger.backend)) == "mlflow"
+        self.enabled = mlflow_enabled(cfg)
         self.overrides = overrides or []
         self.sweep = sweep if sweep is not None else (Sweep.from_hydra() if self.enabled else None)
         self.run_id: str | None = None
@@ -322,13 +337,9 @@ class Tracker:
     def start(self) -> None:
         if not self.enabled:
             return
-        for key, value in HTTP_SETTINGS.items():
-            os.environ.setdefault(key, value)
         import mlflow
 
-        uri = resolve_tracking_uri(self.cfg.logger.tracking_uri)
-        check_reachable(uri)
-        mlflow.set_tracking_uri(uri)
+        uri = connect(self.cfg.logger.tracking_uri)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         id_file = self.run_dir / RUN_ID_FILE
         self.resumed = id_file.exists()

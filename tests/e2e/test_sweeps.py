@@ -26,8 +26,7 @@ def _env():
 def _user_env():
     """A user's shell: the installed package only (the repository is not on the path, so an
     editable install serves `hydra_plugins` through its import hook, as it does for users)."""
-    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OPTUNA_LOGGING": "0",
-            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    return {k: v for k, v in _env().items() if k != "PYTHONPATH"}
 
 
 def _run(args, cwd=REPO, timeout=400, env=None):
