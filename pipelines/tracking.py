@@ -51,12 +51,16 @@ OBJECTIVE_TAG = "objective_metric"
 TRIAL_ENV = "PIPELINES_OPTUNA_TRIAL"  # set by the Optuna sweeper for each job: its trial number
 STUDY_ENV = "PIPELINES_SWEEP_STUDY"   # ... and its study's key: one parent run per study
 
-# A tracking server that dies mid-run must cost seconds, not MLflow's default of 7 retries
-# with exponential backoff (minutes) per call. Users' own settings win.
-HTTP_SETTINGS = {
+# MLflow settings this package changes; users' own environment wins.
+# - A tracking server that dies mid-run must cost seconds, not MLflow's default of 7 retries
+#   with exponential backoff (minutes) per call.
+# - No tqdm "Downloading artifacts" bar in the run log: logging the pyfunc model reads its
+#   artifacts back once to validate the serving example, which drew a bar per trial.
+MLFLOW_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 _CONNECTION_ERRORS = ("Max retries exceeded", "Connection refused", "ConnectionError",
                       "Failed to establish a new connection", "timed out", "Read timed out",
@@ -172,8 +176,9 @@ def mlflow_enabled(cfg: DictConfig) -> bool:
 
 def connect(tracking_uri: str | None) -> str:
     """Points this process's MLflow at `logger.tracking_uri` (resolved), with short HTTP
-    retries, after checking that a server answers; returns the URI."""
-    for key, value in HTTP_SETTINGS.items():
+    retries and no artifact progress bars (`MLFLOW_SETTINGS`), after checking that a
+    server answers; returns the URI."""
+    for key, value in MLFLOW_SETTINGS.items():
         os.environ.setdefault(key, value)
     import mlflow
 

@@ -44,6 +44,7 @@ def test_smoke_runs_the_whole_path(model, tmp_path):
     output = result.stdout + result.stderr
     chatter = [line for line in output.splitlines() if TF_CHATTER.search(line)]
     assert not chatter, chatter[:5]  # quiet logs: nothing from absl or the TF C++ runtime
+    assert "Downloading artifacts" not in output  # no MLflow tqdm bar from logging the model
     assert "[pipelines.run][INFO]" in output  # our own log lines stay
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
