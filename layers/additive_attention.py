@@ -2,6 +2,7 @@
 import keras
 from keras import ops
 
+from layers.dropout import Dropout
 from layers.masking import masked_softmax, merge_masks, resolve_padding_mask
 
 
@@ -94,7 +95,7 @@ class AdditiveAttention(keras.layers.Layer):
             self.scale = self.add_weight(
                 name="scale", shape=(score_dim,), initializer="glorot_uniform"
             )
-        self._dropout_layer = keras.layers.Dropout(
+        self._dropout_layer = Dropout(
             self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from layers.bidirectional import Bidirectional
+from layers.dropout import Dropout
 from layers.masking import large_negative
 from layers.rnn import LSTM
 
@@ -89,7 +90,7 @@ class _CharEncoder(keras.layers.Layer):
             name="char_embedding",
         )
         self.embedding.build((None, char_ids_shape[-1]))
-        self.embedding_dropout = keras.layers.Dropout(
+        self.embedding_dropout = Dropout(
             self.dropout, dtype=self.dtype_policy, name="char_dropout"
         )
 

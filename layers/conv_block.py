@@ -1,6 +1,8 @@
 """A stack of conv -> norm -> activation, optionally residual (He et al., 2016)."""
 import keras
 
+from layers.dropout import Dropout
+
 _NORMS = ("batch", "layer", None)
 
 
@@ -103,7 +105,7 @@ class ConvBlock(keras.layers.Layer):
             shape = conv.compute_output_shape(shape)
             self.convs.append(conv)
             self.norms.append(self._make_norm(f"norm_{i}", shape))
-        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.dropout_layer = Dropout(self.dropout, dtype=self.dtype_policy)
 
         self.projection = None
         if self.residual and (x_shape[-1] != self.filters or self.strides != 1):

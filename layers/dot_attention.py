@@ -4,6 +4,7 @@ import math
 import keras
 from keras import ops
 
+from layers.dropout import Dropout
 from layers.masking import masked_softmax, merge_masks, resolve_padding_mask
 
 SCORE_MODES = ("dot", "general", "scaled_dot")
@@ -92,7 +93,7 @@ class DotAttention(keras.layers.Layer):
         self.scale = None
         if self.use_scale:
             self.scale = self.add_weight(name="scale", shape=(), initializer="ones")
-        self._dropout_layer = keras.layers.Dropout(
+        self._dropout_layer = Dropout(
             self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
 

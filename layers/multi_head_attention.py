@@ -4,6 +4,7 @@ import math
 import keras
 from keras import ops
 
+from layers.dropout import Dropout
 from layers.masking import merge_masks
 from layers.scaled_dot_product_attention import scaled_dot_product_attention
 
@@ -179,7 +180,7 @@ class MultiHeadAttention(keras.layers.Layer):
             value_dim=self.value_dim or self.key_dim,
             output_dim=self.output_dim or query_shape[-1],
         )
-        self._dropout_layer = keras.layers.Dropout(
+        self._dropout_layer = Dropout(
             self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
 

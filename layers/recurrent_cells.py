@@ -20,6 +20,8 @@ weights copy over with `set_weights(keras_cell.get_weights())`.
 import keras
 from keras import ops
 
+from layers.dropout import dropout
+
 
 def _check_units(units):
     if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
@@ -68,12 +70,10 @@ class _DropoutMasks:
         recurrent_mask = None
         if self.dropout > 0:
             ones = ops.ones((batch_size, inputs.shape[-1]), dtype=inputs.dtype)
-            input_mask = keras.random.dropout(ones, self.dropout, seed=self.seed_generator)
+            input_mask = dropout(ones, self.dropout, self.seed_generator)
         if self.recurrent_dropout > 0:
             ones = ops.ones((batch_size, self.units), dtype=inputs.dtype)
-            recurrent_mask = keras.random.dropout(
-                ones, self.recurrent_dropout, seed=self.seed_generator
-            )
+            recurrent_mask = dropout(ones, self.recurrent_dropout, self.seed_generator)
         return input_mask, recurrent_mask
 
     def get_initial_state(self, batch_size, dtype=None):

@@ -4,6 +4,7 @@ import math
 import keras
 from keras import ops
 
+from layers.dropout import Dropout
 from layers.masking import masked_softmax, merge_masks
 
 
@@ -83,7 +84,7 @@ class ScaledDotProductAttention(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, query_shape, value_shape, key_shape=None):
-        self._dropout_layer = keras.layers.Dropout(
+        self._dropout_layer = Dropout(
             self.dropout, seed=self.seed, dtype=self.dtype_policy
         )
 

@@ -1,6 +1,7 @@
 """One Transformer decoder block: causal self-attention, cross-attention, feed-forward."""
 import keras
 
+from layers.dropout import Dropout
 from layers.masking import resolve_padding_mask
 from layers.multi_head_attention import MultiHeadAttention
 from layers.transformer_encoder import (
@@ -116,7 +117,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         check_hidden_dim("x", x_shape, self.hidden_dim)
         self.self_attention = self._attention("self_attention", x_shape, x_shape)
         self.self_attention_norm = self._layer_norm("self_attention_norm", x_shape)
-        self.self_attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.self_attention_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
         if self.cross_attention:
             if encoder_outputs_shape is None:
@@ -129,7 +130,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
                 "cross_attention", x_shape, encoder_outputs_shape
             )
             self.cross_attention_norm = self._layer_norm("cross_attention_norm", x_shape)
-            self.cross_attention_dropout = keras.layers.Dropout(
+            self.cross_attention_dropout = Dropout(
                 self.dropout, dtype=self.dtype_policy
             )
 
@@ -143,7 +144,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
             "feedforward_output",
             tuple(x_shape[:-1]) + (self.intermediate_dim,),
         )
-        self.feedforward_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.feedforward_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
     def _attention(self, name, query_shape, value_shape):
         attention = MultiHeadAttention(

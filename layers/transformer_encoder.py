@@ -2,6 +2,7 @@
 import keras
 from keras import ops
 
+from layers.dropout import Dropout
 from layers.linear_attention import LinearAttention
 from layers.masking import resolve_padding_mask
 from layers.multi_head_attention import MultiHeadAttention
@@ -149,7 +150,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             self.self_attention = LinearAttention(**attention_kwargs)
         self.self_attention.build(x_shape, x_shape)
         self.self_attention_norm = self._layer_norm("self_attention_norm", x_shape)
-        self.self_attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.self_attention_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
         self.feedforward_norm = self._layer_norm("feedforward_norm", x_shape)
         self.feedforward_intermediate = self._dense(
@@ -161,7 +162,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             "feedforward_output",
             tuple(x_shape[:-1]) + (self.intermediate_dim,),
         )
-        self.feedforward_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.feedforward_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
     def _layer_norm(self, name, shape):
         norm = keras.layers.LayerNormalization(

@@ -91,7 +91,7 @@ class TransformerLM(CausalLM):
         self.vocabulary_size = vocabulary_size
         self.embedding = layers.TokenAndPositionEmbedding(
             vocabulary_size, length, hidden_dim, positional=positional, name="embedding")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = layers.Dropout(dropout)
         self.blocks = [layers.TransformerDecoderBlock(
             hidden_dim, num_heads, intermediate_dim, dropout=dropout,
             normalize_first=normalize_first, cross_attention=False, name=f"block_{i}")
@@ -148,7 +148,7 @@ class RecurrentLM(CausalLM):
         self.length, self.vocabulary_size = length, vocabulary_size
         self.embedding = layers.ReversibleEmbedding(vocabulary_size, embedding_dim,
                                                     name="embedding")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = layers.Dropout(dropout)
         self.rnns = [_CELLS[cell](units, return_sequences=True, name=f"{cell}_{i}")
                      for i in range(num_layers)]
         self.projection = (keras.layers.Dense(embedding_dim, name="projection")

@@ -27,7 +27,8 @@ class Cnn:
     """
 
     # trainer.jit_compile=auto: XLA/graph train steps per second measured by
-    # `python -m benchmarks jit_families` on this project's 2-core CPU: 0.54.
+    # `python -m benchmarks jit_families` on this project's 2-core CPU: 0.54, 0.97 since
+    # layers.Dropout (2026-12-04; Keras' dropout compiled slowly).
     xla_on_cpu = False
 
     def __init__(self, filters=(16, 32, 64, 128), num_convs: int = 2, kernel_size: int = 3,

@@ -47,7 +47,9 @@ class Recurrent:
     """
 
     # trainer.jit_compile=auto: XLA/graph train steps per second measured by
-    # `python -m benchmarks jit_families` on this project's 2-core CPU: 0.28 (lstm) / 0.29 (gru).
+    # `python -m benchmarks jit_families` on this project's 2-core CPU: 0.94 (lstm) / 0.80 (gru)
+    # on 2026-12-04 with layers.Dropout (0.28 / 0.29 with keras.layers.Dropout, whose mask XLA
+    # compiled 30x slower: benchmarks/dropout_xla).
     xla_on_cpu = False
     # decode.jit_compile=auto: XLA/graph beam-4 search sentences per second measured by
     # `python -m benchmarks jit_families --decode` on the same CPU: 1.38 (lstm) / 1.50 (gru).
@@ -100,13 +102,13 @@ class Recurrent:
             # Explicit: Concatenate's mask is the OR over its inputs' masks, and the features
             # have none, so the implicit mask would mark every step valid.
             padding_mask = keras.ops.not_equal(token_ids, 0)  # (B, T)
-        x = keras.layers.Dropout(self.dropout)(x)
+        x = layers.Dropout(self.dropout)(x)
         for index in range(self.num_layers):
             last = index == self.num_layers - 1
             x = self._recurrent(return_sequences or not last,
                                 name=f"{self.cell}_{index}")(x, padding_mask=padding_mask)
             if not last:
-                x = keras.layers.Dropout(self.dropout)(x)  # (B, T, H)
+                x = layers.Dropout(self.dropout)(x)  # (B, T, H)
         return keras.Model(inputs, x, name=f"{self.cell}_encoder")
 
     def text_memory(self, vocabulary_size: int, sequence_length: int):

@@ -92,7 +92,7 @@ class TransformerTextEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.embedding = layers.TokenAndPositionEmbedding(
             vocabulary_size, sequence_length, hidden_dim, positional=positional, name="embedding")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = layers.Dropout(dropout)
         self.blocks = [layers.TransformerEncoderBlock(
             hidden_dim, num_heads, intermediate_dim, dropout=dropout,
             normalize_first=normalize_first, attention=attention, name=f"block_{i}")
@@ -118,7 +118,7 @@ class RecurrentTextEncoder(keras.layers.Layer):
                  bidirectional=True, merge_mode="concat", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.embedding = _rnn_embedding(vocabulary_size, embedding_dim, "embedding")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = layers.Dropout(dropout)
         self.rnns = []
         for index in range(num_layers):
             last = index == num_layers - 1
@@ -205,7 +205,7 @@ class TransformerDecoder(keras.layers.Layer):
         self.length, self.num_heads, self.head_dim = length, num_heads, hidden_dim // num_heads
         self.embedding = layers.TokenAndPositionEmbedding(
             vocabulary_size, length, hidden_dim, positional=positional, name="target_embedding")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = layers.Dropout(dropout)
         self.blocks = [layers.TransformerDecoderBlock(
             hidden_dim, num_heads, intermediate_dim, dropout=dropout,
             normalize_first=normalize_first, name=f"decoder_{i}") for i in range(num_layers)]
@@ -273,7 +273,7 @@ class RecurrentDecoder(keras.layers.Layer):
             raise ValueError(f"model.attention must be one of {_ATTENTION}; received {attention!r}")
         self.num_states = 2 if cell == "lstm" else 1
         self.embedding = _rnn_embedding(vocabulary_size, embedding_dim, "target_embedding")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = layers.Dropout(dropout)
         self.bridges = [keras.layers.Dense(units, activation="tanh", name=f"bridge_{i}")
                         for i in range(self.num_states)]
         self.memory_projection = keras.layers.Dense(units, use_bias=False, name="memory_projection")

@@ -33,7 +33,8 @@ class Transformer:
     """
 
     # trainer.jit_compile=auto: XLA/graph train steps per second measured by
-    # `python -m benchmarks jit_families` on this project's 2-core CPU: 0.81.
+    # `python -m benchmarks jit_families` on this project's 2-core CPU: 0.81; 0.77 on
+    # 2026-12-04 with layers.Dropout.
     xla_on_cpu = False
     # decode.jit_compile=auto: XLA/graph beam-4 search sentences per second measured by
     # `python -m benchmarks jit_families --decode` on the same CPU: 1.22.
@@ -90,7 +91,7 @@ class Transformer:
             inputs = {"token_ids": token_ids, "features": features}
             x = keras.layers.Concatenate(name="with_features")([x, features])  # (B, T, D + F)
             x = keras.layers.Dense(self.hidden_dim, name="feature_projection")(x)  # (B, T, D)
-        x = keras.layers.Dropout(self.dropout)(x)
+        x = layers.Dropout(self.dropout)(x)
         for index in range(self.num_layers):
             x = layers.TransformerEncoderBlock(**self._block_kwargs(), attention=self.attention,
                                                name=f"encoder_{index}")(x, padding_mask=padding_mask)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
+import layers
 from pipelines.data import Splits
 from pipelines.data.images import (decode, decode_images, decode_pixels, pixel_statistics,
                                    resize)
@@ -164,7 +165,7 @@ class ImageClassification(Task):
         x = keras.layers.Normalization(mean=self.mean, variance=self.variance,
                                        name="normalize")(images)
         x = factory.image_encoder((size, size, 3))(x)  # (B, D)
-        x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
+        x = layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="head")(x)
         return keras.Model(images, logits, name=self.model_name)
 

@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+import layers
 from pipelines.config import check_image_text
 from pipelines.data import Splits
 from pipelines.data.images import decode_images, pixel_statistics
@@ -240,7 +241,7 @@ class ImageText(Task):
         x = keras.layers.Normalization(mean=self.pixel_mean, variance=self.pixel_variance,
                                        name="normalize")(images)
         x = self.backbone.image_encoder((size, size, 3))(x)  # (B, D)
-        x = keras.layers.Dropout(getattr(self.backbone, "dropout", 0.0))(x)
+        x = layers.Dropout(getattr(self.backbone, "dropout", 0.0))(x)
         x = keras.layers.Dense(dim, use_bias=False, dtype="float32", name="image_projection")(x)
         image_tower = keras.Model(images, keras.layers.UnitNormalization(name="image_unit")(x),
                                   name="image_tower")  # (B, E)

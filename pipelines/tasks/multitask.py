@@ -235,7 +235,7 @@ class ClassificationHead(Head):
             x = ClassToken(name="class_token")(features)  # (B, F)
         else:
             x = keras.layers.GlobalAveragePooling1D(name="pooling")(features)
-        x = keras.layers.Dropout(getattr(self.task.backbone, "dropout", 0.0))(x)
+        x = layers.Dropout(getattr(self.task.backbone, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="logits")(x)
         return keras.Model(features, logits, name=self.name)  # (B, classes)
 

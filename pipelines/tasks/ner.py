@@ -211,7 +211,7 @@ class Ner(Task):
             x = encoder({"token_ids": word_ids, "features": joined})  # (B, T, H)
         else:
             x = encoder(word_ids)  # (B, T, H)
-        x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
+        x = layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         scores = keras.layers.Dense(len(self.tag_names), dtype="float32", name="head")(x)  # (B, T, K)
         if self.use_crf:
             # Calling the CRF returns the scores unchanged and puts the transitions in the model.

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, f1_score
 
+import layers
 from pipelines.data import Splits
 from pipelines.data.bucketing import bucket_by_length, resolve_buckets
 from pipelines.data.streaming import StreamingSplit, example_dataset, text_batches
@@ -80,7 +81,7 @@ class Sentiment(Task):
         # Any T <= max_length: bucketed batches are shorter; serving pads to max_length.
         token_ids = keras.Input((None,), dtype="int32", name="token_ids")
         x = encoder(token_ids)  # (B, H)
-        x = keras.layers.Dropout(getattr(factory, "dropout", 0.0))(x)
+        x = layers.Dropout(getattr(factory, "dropout", 0.0))(x)
         logits = keras.layers.Dense(len(self.label_names), dtype="float32", name="head")(x)
         return keras.Model(token_ids, logits, name=self.model_name)
 

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+import layers
 from pipelines.config import check_visual_qa, option_value
 from pipelines.data import Splits
 from pipelines.data.images import decode_images, pixel_statistics
@@ -292,7 +293,7 @@ class VisualQa(Task):
             fused = (keras.layers.Multiply(name="fused")([x, q]) if fusion == "product"
                      else keras.layers.Concatenate(name="fused")([x, q]))
         h = keras.layers.Dense(dim, activation="relu", name="hidden")(fused)
-        h = keras.layers.Dropout(float(cfg.dropout))(h)
+        h = layers.Dropout(float(cfg.dropout))(h)
         return keras.layers.Dense(len(self.answers), dtype="float32", name="answer")(h)
 
     def loss(self, y_true, y_pred):
