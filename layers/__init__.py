@@ -3,7 +3,7 @@
 `from layers import LSTM, MultiHeadAttention, TransformerEncoderBlock`
 """
 
-from layers.dropout import Dropout, dropout
+from layers.dropout import Dropout
 from layers.learned_positional_embedding import LearnedPositionalEmbedding
 from layers.sinusoidal_encoding import SinusoidalPositionalEncoding
 from layers.reversible_embedding import ReversibleEmbedding
