@@ -95,9 +95,7 @@ class AdditiveAttention(keras.layers.Layer):
             self.scale = self.add_weight(
                 name="scale", shape=(score_dim,), initializer="glorot_uniform"
             )
-        self._dropout_layer = Dropout(
-            self.dropout, seed=self.seed, dtype=self.dtype_policy
-        )
+        self._dropout_layer = Dropout(self.dropout, seed=self.seed, dtype=self.dtype_policy)
 
     def _dense(self, name, use_bias):
         initializer = self.kernel_initializer.__class__.from_config(

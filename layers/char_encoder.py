@@ -90,9 +90,7 @@ class _CharEncoder(keras.layers.Layer):
             name="char_embedding",
         )
         self.embedding.build((None, char_ids_shape[-1]))
-        self.embedding_dropout = Dropout(
-            self.dropout, dtype=self.dtype_policy, name="char_dropout"
-        )
+        self.embedding_dropout = Dropout(self.dropout, dtype=self.dtype_policy, name="char_dropout")
 
     def call(self, char_ids, training=None):
         shape = ops.shape(char_ids)  # (B, T, L)

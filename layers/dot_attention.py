@@ -93,9 +93,7 @@ class DotAttention(keras.layers.Layer):
         self.scale = None
         if self.use_scale:
             self.scale = self.add_weight(name="scale", shape=(), initializer="ones")
-        self._dropout_layer = Dropout(
-            self.dropout, seed=self.seed, dtype=self.dtype_policy
-        )
+        self._dropout_layer = Dropout(self.dropout, seed=self.seed, dtype=self.dtype_policy)
 
     def call(
         self,

@@ -3,9 +3,9 @@
 Keras draws a dropout mask with `tf.nn.experimental.stateless_dropout` and its default
 `rng_alg="auto_select"`. On CPU that selects Philox in graph and XLA mode alike (the masks are
 bit-identical to `rng_alg="philox"`, see tests/layers/test_dropout.py), but inside an
-XLA-compiled function the auto-selected path is about 25x slower: a (64, 64, 128) mask and its
-gradient take 160-180 ms against 7-9 ms with the algorithm named (graph mode: 4 ms either way;
-`python -m benchmarks dropout_xla`). That one op made every XLA training step with dropout
+XLA-compiled function the auto-selected path is about 30x slower: a (64, 64, 128) mask and its
+gradient took 114.6 ms against 3.8 ms with the algorithm named (graph mode: 2.3 ms either way;
+`python -m benchmarks dropout_xla`, docs/benchmarks.md). That one op made every XLA training step with dropout
 slower than graph mode on CPU (the sentiment LSTM at 0.3x). Naming the algorithm keeps the bits
 and the speed. (On a TPU, where `auto_select` means ThreeFry, the masks differ from Keras'.)
 """

@@ -180,9 +180,7 @@ class MultiHeadAttention(keras.layers.Layer):
             value_dim=self.value_dim or self.key_dim,
             output_dim=self.output_dim or query_shape[-1],
         )
-        self._dropout_layer = Dropout(
-            self.dropout, seed=self.seed, dtype=self.dtype_policy
-        )
+        self._dropout_layer = Dropout(self.dropout, seed=self.seed, dtype=self.dtype_policy)
 
     def call(
         self,

@@ -130,9 +130,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
                 "cross_attention", x_shape, encoder_outputs_shape
             )
             self.cross_attention_norm = self._layer_norm("cross_attention_norm", x_shape)
-            self.cross_attention_dropout = Dropout(
-                self.dropout, dtype=self.dtype_policy
-            )
+            self.cross_attention_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
         self.feedforward_norm = self._layer_norm("feedforward_norm", x_shape)
         self.feedforward_intermediate = self._dense(
